@@ -1,0 +1,287 @@
+"""The detector protocol every cxrad model follows (scikit-learn / PyOD style).
+
+    det = SomeDetector(image_size=128).fit(normal_images)     # holds out a normal validation part
+    table = det.score(images_or_paths)                        # one row per image, higher score = more anomalous
+    det.calibrate(labelled_val, rule="crossing")              # optional: thresholds that need labels
+    det.predict(images)                                       # 1 anomalous, 0 normal, -1 unreadable
+    det.save("model/"); SomeDetector.load("model/")
+
+Inputs are an :class:`~cxrad.data.ImageSet`, a uint8 array (N, H, W), a manifest DataFrame, or a list of
+paths; unreadable paths become error rows in the score table instead of stopping the batch.
+
+A subclass implements ``_fit(train, val)`` (uint8 arrays), ``_score(images) -> dict of per-image arrays``
+with at least ``score``, ``_tensors()`` and ``_restore(tensors, doc)``; optionally ``anomaly_map``,
+``reconstruct`` and ``features``. Fitted state ends in ``_``.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import thresholds as th
+from .bundle import BundleError, load_bundle, save_bundle
+from .data import DataError, ImageSet, load_images, split_by_patient
+from .io import Preprocessing, resize
+
+RUNTIME_PARAMS = {"device", "progress", "checkpoint_dir", "cache_dir"}
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+class Detector:
+    kind = "base"
+    #: names of the per-image score components (besides ``score``), for tables and reports
+    components: tuple[str, ...] = ()
+
+    def __init__(self, image_size: int = 128, resize: str = "stretch", seed: int = 0, device: str = "auto",
+                 val_fraction: float = 0.1, specificity: float = 0.95, batch_size: int = 32,
+                 progress: bool = False, checkpoint_dir: str | None = None, cache_dir: str | None = None):
+        self.image_size = image_size
+        self.resize = resize
+        self.seed = seed
+        self.device = device
+        self.val_fraction = val_fraction
+        self.specificity = specificity
+        self.batch_size = batch_size
+        self.progress = progress
+        self.checkpoint_dir = checkpoint_dir
+        self.cache_dir = cache_dir
+
+    # ------------------------------------------------------------------------------------------ params
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            if "__init__" in klass.__dict__ and klass is not object:
+                names += [p for p in inspect.signature(klass.__init__).parameters
+                          if p not in ("self", "kwargs", "args", "common") and p not in names]
+        return names
+
+    def get_params(self) -> dict:
+        return {n: getattr(self, n) for n in self._param_names()}
+
+    @property
+    def prep(self) -> Preprocessing:
+        return Preprocessing(self.image_size, self.resize)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if k not in RUNTIME_PARAMS)
+        return f"{type(self).__name__}({shown})"
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def _as_imageset(self, data) -> ImageSet:
+        if isinstance(data, ImageSet):
+            if data.images.shape[1:] == (self.image_size, self.image_size):
+                return data
+            images = np.stack([resize(im.astype(np.float32) / 255.0, self.prep) for im in data.images]) \
+                if len(data) else np.zeros((0, self.image_size, self.image_size), np.uint8)
+            return ImageSet(images, data.frame, self.prep, data.errors)
+        if isinstance(data, np.ndarray) or torch.is_tensor(data):
+            arr = np.asarray(data)
+            if arr.ndim == 2:
+                arr = arr[None]
+            return self._as_imageset(ImageSet.from_arrays(arr))
+        if isinstance(data, (str, Path)) or isinstance(data, (list, tuple, pd.DataFrame)):
+            return load_images(data, self.prep, cache_dir=self.cache_dir, progress=self.progress)
+        raise TypeError(f"cannot score data of type {type(data).__name__}")
+
+    # ------------------------------------------------------------------------------------------- fit
+    def fit(self, data, val=None) -> "Detector":
+        """Train on normal images. Abnormal rows (label 1) in ``data`` are ignored. Without ``val``, a
+        patient-level ``val_fraction`` of the normals is held out to set the normal score distribution."""
+        images = self._as_imageset(data)
+        if len(images) == 0:
+            raise DataError("the training set is empty (no readable images)")
+        normal = images.subset(images.labels == 0)
+        if len(normal) == 0:
+            raise DataError("the training set has no normal images; detectors learn from normal images only")
+        if val is None:
+            if len(normal) < 10:
+                raise DataError(f"need at least 10 normal images to hold out validation ones, got {len(normal)}")
+            part = split_by_patient(normal.frame, {"train": 1 - self.val_fraction, "val": self.val_fraction},
+                                    seed=self.seed) if "patient_id" in normal.frame else None
+            if part is None or (part == "val").sum() == 0:
+                rng = np.random.default_rng(self.seed)
+                is_val = np.zeros(len(normal), bool)
+                is_val[rng.permutation(len(normal))[:max(2, int(round(self.val_fraction * len(normal))))]] = True
+            else:
+                is_val = (part == "val").to_numpy()
+            train, val = normal.subset(~is_val), normal.subset(is_val)
+        else:
+            train, val = normal, self._as_imageset(val)
+            val = val.subset(val.labels == 0)
+        if len(val) < 2:
+            raise DataError("need at least 2 normal validation images")
+        self.history_: dict = {}
+        self._fit(np.asarray(train.images), np.asarray(val.images))
+        self.n_train_, self.n_val_ = len(train), len(val)
+        self.train_fingerprint_ = _fingerprint(train)
+        self._calibrate_components(self._score(np.asarray(val.images)))
+        val_scores = self._score(np.asarray(val.images))["score"]
+        self.normal_scores_ = np.sort(val_scores.astype(np.float64))
+        self.thresholds_ = {"quantile": th.quantile_threshold(val_scores, self.specificity)}
+        self.threshold_rule_ = "quantile"
+        self.threshold_ = self.thresholds_["quantile"]
+        return self
+
+    def _calibrate_components(self, val_components: dict) -> None:
+        """Hook: learn how to combine components from normal validation scores (before thresholds)."""
+
+    def calibrate(self, data, rule: str = "crossing", specificity: float | None = None,
+                  sensitivity: float | None = None, value: float | None = None, activate: bool = True) -> float:
+        """Set a threshold from a labelled validation set (normal + abnormal). Returns the threshold."""
+        self._check_fitted()
+        images = self._as_imageset(data)
+        scores = self._score(np.asarray(images.images))["score"] if len(images) else np.zeros(0)
+        normal, abnormal = scores[images.labels == 0], scores[images.labels == 1]
+        if sensitivity is not None:
+            t, name = th.sensitivity_threshold(abnormal, sensitivity), f"sensitivity@{sensitivity:g}"
+        elif rule == "quantile":
+            spec = self.specificity if specificity is None else specificity
+            base = normal if len(normal) else self.normal_scores_
+            t, name = th.quantile_threshold(base, spec), "quantile"
+        else:
+            t, name = th.compute_threshold(rule, normal, abnormal, value=value), rule
+        self.thresholds_[name] = float(t)
+        if activate:
+            self.threshold_rule_, self.threshold_ = name, float(t)
+        return float(t)
+
+    def set_threshold(self, rule: str | None = None, value: float | None = None,
+                      specificity: float | None = None) -> float:
+        """Switch the operating point: a stored rule, a fixed value, or a target specificity on the
+        held-out normal scores."""
+        self._check_fitted()
+        if value is not None:
+            self.thresholds_["fixed"] = float(value)
+            rule = "fixed"
+        elif specificity is not None:
+            rule = f"specificity@{specificity:g}"
+            self.thresholds_[rule] = th.quantile_threshold(self.normal_scores_, specificity)
+        if rule not in self.thresholds_:
+            raise ValueError(f"no {rule!r} threshold stored; have {', '.join(self.thresholds_)} "
+                             "(labelled rules are set with calibrate())")
+        self.threshold_rule_, self.threshold_ = rule, self.thresholds_[rule]
+        return self.threshold_
+
+    # ----------------------------------------------------------------------------------------- score
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "threshold_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted; call fit() or load() first")
+
+    def score(self, data) -> pd.DataFrame:
+        """Per-image table: ``score`` (higher = more anomalous), its components, ``percentile`` among
+        held-out normal scores, ``anomalous`` at the active threshold, and ``error`` for unreadable files."""
+        self._check_fitted()
+        images = self._as_imageset(data)
+        comps = self._score(np.asarray(images.images)) if len(images) else \
+            {k: np.zeros(0) for k in ("score", *self.components)}
+        table = images.frame.copy()
+        for name in self.components:
+            table[name] = comps[name]
+        table["score"] = comps["score"]
+        table["percentile"] = th.percentile_of(self.normal_scores_, comps["score"])
+        table["anomalous"] = comps["score"] > self.threshold_
+        table["error"] = ""
+        if len(images.errors):
+            errors = images.errors.copy()
+            for col in table.columns:
+                if col not in errors:
+                    errors[col] = np.nan if col != "anomalous" else False
+            table = pd.concat([table, errors[table.columns]], ignore_index=True)
+        bad = ~np.isfinite(table["score"].to_numpy(float)) & (table["error"] == "")
+        table.loc[bad, "error"] = "score is not finite (the model diverged on this image)"
+        return table
+
+    def predict(self, data) -> np.ndarray:
+        """1 anomalous, 0 normal, -1 for inputs that could not be scored."""
+        table = self.score(data)
+        return np.where(table["error"] != "", -1, table["anomalous"].astype(int)).astype(int)
+
+    # optional capabilities; a detector without them raises NotImplementedError
+    def anomaly_map(self, images: np.ndarray) -> np.ndarray:
+        """Per-pixel anomaly map (N, H, W) for uint8 images at the model's size."""
+        raise NotImplementedError(f"{type(self).__name__} has no anomaly map")
+
+    def reconstruct(self, images: np.ndarray) -> np.ndarray | None:
+        """Grey reconstructions (N, H, W) in [0, 1], or None for detectors that do not reconstruct."""
+        return None
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """Per-image feature vectors (N, D) for t-SNE maps."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no features")
+
+    # ------------------------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        self._check_fitted()
+        params = {k: v for k, v in self.get_params().items() if k not in RUNTIME_PARAMS}
+        meta = {
+            "params": params,
+            "preprocessing": self.prep.to_dict(),
+            "thresholds": self.thresholds_, "threshold_rule": self.threshold_rule_,
+            "threshold": self.threshold_,
+            "history": self.history_,
+            "training_data": {"fingerprint": self.train_fingerprint_, "n_train": self.n_train_,
+                              "n_val": self.n_val_},
+            "state": self._meta(),
+        }
+        tensors = {f"model.{k}": v for k, v in self._tensors().items()}
+        tensors["normal_scores"] = torch.as_tensor(self.normal_scores_)
+        return save_bundle(path, self.kind, meta, tensors)
+
+    @classmethod
+    def load(cls, path, device: str = "auto") -> "Detector":
+        doc, tensors = load_bundle(path)
+        if doc.get("kind") != cls.kind:
+            raise BundleError(f"{path}: holds a {doc.get('kind')!r} model, not a {cls.kind!r} one")
+        params = dict(doc.get("params", {}))
+        unknown = set(params) - set(cls._param_names())
+        if unknown:
+            raise BundleError(f"{path}: parameters {sorted(unknown)} are unknown to this cxrad's {cls.kind}")
+        det = cls(**params, device=device)
+        det.thresholds_ = {k: float(v) for k, v in doc["thresholds"].items()}
+        det.threshold_rule_, det.threshold_ = doc["threshold_rule"], float(doc["threshold"])
+        det.history_ = doc.get("history", {})
+        td = doc.get("training_data", {})
+        det.train_fingerprint_, det.n_train_, det.n_val_ = td.get("fingerprint"), td.get("n_train"), td.get("n_val")
+        det.normal_scores_ = tensors.pop("normal_scores").numpy().astype(np.float64)
+        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            det._restore(model, doc.get("state", {}))
+        except (RuntimeError, KeyError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise BundleError(f"{path}: weights do not fit a {cls.kind} of this architecture/size ({first})") \
+                from None
+        return det
+
+    # -------------------------------------------------------------------------------- subclass hooks
+    def _fit(self, train: np.ndarray, val: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _meta(self) -> dict:
+        return {}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        raise NotImplementedError
+
+
+def _fingerprint(images: ImageSet) -> str:
+    """Order-independent hash of the training images' content."""
+    if "sha256" in images.frame and (images.frame["sha256"] != "").all():
+        items = sorted(images.frame["sha256"])
+    else:
+        items = sorted(hashlib.sha256(im.tobytes()).hexdigest() for im in np.asarray(images.images))
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()

@@ -1,0 +1,105 @@
+"""Operating points: turn anomaly scores into verdicts.
+
+Rules (all on held-out *validation* scores, never on the test set):
+- ``quantile``: the ``specificity`` quantile of normal scores; needs no abnormal labels at all.
+- ``crossing``: where the normal and abnormal score densities cross (the AnoGAN TB report's rule).
+- ``youden``: maximises sensitivity + specificity - 1.
+- ``max-f1``: maximises F1 of the abnormal class.
+- ``fixed``: a value the user gives.
+An image is anomalous when its score is strictly above the threshold.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.neighbors import KernelDensity
+
+RULES = ("quantile", "crossing", "youden", "max-f1", "fixed")
+LABELLED_RULES = ("crossing", "youden", "max-f1")
+
+
+def quantile_threshold(normal_scores, specificity: float = 0.95) -> float:
+    s = np.asarray(normal_scores, float)
+    if s.size == 0:
+        raise ValueError("the quantile rule needs normal validation scores")
+    if not 0 < specificity < 1:
+        raise ValueError(f"specificity must be in (0, 1), got {specificity}")
+    return float(np.quantile(s, specificity, method="higher"))
+
+
+def sensitivity_threshold(abnormal_scores, sensitivity: float) -> float:
+    """Highest threshold that still flags ``sensitivity`` of the abnormal scores."""
+    s = np.sort(np.asarray(abnormal_scores, float))
+    if s.size == 0:
+        raise ValueError("a sensitivity target needs abnormal validation scores")
+    k = int(np.floor((1 - sensitivity) * s.size))
+    return float(np.nextafter(s[max(k, 0)], -np.inf)) if k < s.size else float(s[-1])
+
+
+def _kde(scores: np.ndarray) -> KernelDensity:
+    bw = 1.06 * max(scores.std(), 1e-12) * scores.size ** (-1 / 5)  # Silverman's rule
+    return KernelDensity(bandwidth=bw).fit(scores[:, None])
+
+
+def crossing_threshold(normal_scores, abnormal_scores, grid: int = 2048) -> float:
+    """Score where the two class densities cross, between the class medians.
+
+    Densities are Gaussian KDEs (Silverman bandwidth); if several crossings lie between the medians the one
+    with the fewest training errors wins. Falls back to the midpoint of the medians if they never cross.
+    """
+    n, a = np.asarray(normal_scores, float), np.asarray(abnormal_scores, float)
+    if n.size < 2 or a.size < 2:
+        raise ValueError("the crossing rule needs at least 2 normal and 2 abnormal validation scores")
+    lo, hi = sorted((np.median(n), np.median(a)))
+    if hi - lo < 1e-12:
+        return float(lo)
+    xs = np.linspace(lo, hi, grid)
+    diff = _kde(n).score_samples(xs[:, None]) - _kde(a).score_samples(xs[:, None])
+    idx = np.flatnonzero(np.diff(np.sign(diff)) != 0)
+    if idx.size == 0:
+        return float((lo + hi) / 2)
+    candidates = (xs[idx] + xs[idx + 1]) / 2
+    errors = [(n > t).sum() + (a <= t).sum() for t in candidates]
+    return float(candidates[int(np.argmin(errors))])
+
+
+def youden_threshold(labels, scores) -> float:
+    fpr, tpr, thr = roc_curve(labels, scores)
+    j = tpr - fpr
+    i = int(np.argmax(j[1:])) + 1  # thr[0] is +inf
+    return float(np.nextafter(thr[i], -np.inf))  # roc_curve counts score >= thr as positive
+
+
+def max_f1_threshold(labels, scores) -> float:
+    prec, rec, thr = precision_recall_curve(labels, scores)
+    f1 = 2 * prec[:-1] * rec[:-1] / np.maximum(prec[:-1] + rec[:-1], 1e-12)
+    return float(np.nextafter(thr[int(np.argmax(f1))], -np.inf))
+
+
+def compute_threshold(rule: str, normal_scores, abnormal_scores=None, specificity: float = 0.95,
+                      value: float | None = None) -> float:
+    """One threshold by name. Labelled rules need ``abnormal_scores``; ``fixed`` needs ``value``."""
+    if rule == "quantile":
+        return quantile_threshold(normal_scores, specificity)
+    if rule == "fixed":
+        if value is None:
+            raise ValueError("the fixed rule needs a value")
+        return float(value)
+    if rule not in LABELLED_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; choose from {', '.join(RULES)}")
+    if abnormal_scores is None or len(abnormal_scores) == 0:
+        raise ValueError(f"the {rule} rule needs labelled abnormal validation images")
+    if rule == "crossing":
+        return crossing_threshold(normal_scores, abnormal_scores)
+    n, a = np.asarray(normal_scores, float), np.asarray(abnormal_scores, float)
+    labels = np.r_[np.zeros(n.size), np.ones(a.size)]
+    scores = np.r_[n, a]
+    return youden_threshold(labels, scores) if rule == "youden" else max_f1_threshold(labels, scores)
+
+
+def percentile_of(normal_scores_sorted: np.ndarray, scores) -> np.ndarray:
+    """Percent of held-out normal scores at or below each score (0-100)."""
+    ref = np.asarray(normal_scores_sorted, float)
+    if ref.size == 0:
+        return np.full(np.shape(scores), np.nan)
+    return 100.0 * np.searchsorted(ref, np.asarray(scores, float), side="right") / ref.size
