@@ -20,6 +20,7 @@ META_FILE, TENSOR_FILE = "model.json", "model.safetensors"
 # detector kind -> "module:Class"; imported lazily so a bundle never names arbitrary code.
 DETECTORS = {
     "cae": "cxrad.models.cae:CAEDetector",
+    "aeu": "cxrad.models.aeu:AEUDetector",
 }
 
 
