@@ -7,6 +7,7 @@ content and preprocessing so that nothing is decoded twice.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -196,7 +197,7 @@ def file_hash(path: str) -> str:
             return hashlib.sha256(_npz_array(path).tobytes()).hexdigest()
         with open(path, "rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, IndexError, ValueError):
         return ""
 
 
@@ -246,13 +247,20 @@ def split_by_patient(df: pd.DataFrame, fractions: dict[str, float], seed: int = 
 
 
 # ----------------------------------------------------------------------------------- loading and caching
+@functools.lru_cache(maxsize=4)
+def _npz_images(file: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
+    """Every ``*_images`` array of an npz, read once (per file version) instead of once per image."""
+    with np.load(file, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files if k.endswith("_images")}
+
+
 def _npz_array(spec: str) -> np.ndarray:
     file, _, item = spec.partition(NPZ_SEP)
     m = re.fullmatch(r"(\w+)\[(\d+)\]", item)
     if not m:
         raise ImageReadError(f"bad npz reference {item!r}")
-    with np.load(file, allow_pickle=False) as data:
-        return data[f"{m.group(1)}_images"][int(m.group(2))]
+    st = os.stat(file)
+    return _npz_images(file, st.st_mtime_ns, st.st_size)[f"{m.group(1)}_images"][int(m.group(2))]
 
 
 def _decode(path: str) -> np.ndarray:
