@@ -225,7 +225,9 @@ def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 def patient_groups(df: pd.DataFrame) -> pd.Series:
     """Grouping key: a patient id is only unique within its source and publisher split."""
-    return df["source"].astype(str) + "|" + df["orig_split"].astype(str) + "|" + df["patient_id"].astype(str)
+    def col(name):  # a user's own manifest may lack source / orig_split
+        return df[name].astype(str) if name in df else pd.Series("", index=df.index)
+    return col("source") + "|" + col("orig_split") + "|" + col("patient_id")
 
 
 def split_by_patient(df: pd.DataFrame, fractions: dict[str, float], seed: int = 0) -> pd.Series:

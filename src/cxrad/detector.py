@@ -25,7 +25,7 @@ import torch
 
 from . import thresholds as th
 from .bundle import BundleError, load_bundle, save_bundle
-from .data import DataError, ImageSet, load_images, split_by_patient
+from .data import DataError, ImageSet, load_images, patient_groups, split_by_patient
 from .io import Preprocessing, resize
 
 RUNTIME_PARAMS = {"device", "progress", "checkpoint_dir", "cache_dir"}
@@ -107,18 +107,26 @@ class Detector:
                 raise DataError(f"need at least 10 normal images to hold out validation ones, got {len(normal)}")
             part = split_by_patient(normal.frame, {"train": 1 - self.val_fraction, "val": self.val_fraction},
                                     seed=self.seed) if "patient_id" in normal.frame else None
-            if part is None or (part == "val").sum() == 0:
+            if part is None:
                 rng = np.random.default_rng(self.seed)
                 is_val = np.zeros(len(normal), bool)
                 is_val[rng.permutation(len(normal))[:max(2, int(round(self.val_fraction * len(normal))))]] = True
             else:
-                is_val = (part == "val").to_numpy()
+                is_val = (part == "val").to_numpy().copy()
+                if is_val.sum() < 2:  # small sets: hold out whole patients, in seeded order, until 2 images
+                    groups = patient_groups(normal.frame).to_numpy()
+                    for g in np.random.default_rng(self.seed).permutation(np.unique(groups)):
+                        is_val |= groups == g
+                        if is_val.sum() >= 2:
+                            break
             train, val = normal.subset(~is_val), normal.subset(is_val)
         else:
             train, val = normal, self._as_imageset(val)
             val = val.subset(val.labels == 0)
         if len(val) < 2:
             raise DataError("need at least 2 normal validation images")
+        if len(train) == 0:
+            raise DataError("no normal training images are left after holding out the validation ones")
         self.history_: dict = {}
         self._fit(np.asarray(train.images), np.asarray(val.images))
         self.n_train_, self.n_val_ = len(train), len(val)
@@ -130,6 +138,15 @@ class Detector:
         self.threshold_rule_ = "quantile"
         self.threshold_ = self.thresholds_["quantile"]
         return self
+
+    def _run_key(self, train: np.ndarray, val: np.ndarray) -> str:
+        """Identifies a training run for checkpoints: data and every setting but ``epochs`` (so a finished
+        run can be extended) and the runtime ones."""
+        h = hashlib.sha256(np.ascontiguousarray(train).tobytes())
+        h.update(np.ascontiguousarray(val).tobytes())
+        h.update(repr(sorted((k, v) for k, v in self.get_params().items()
+                             if k not in RUNTIME_PARAMS | {"epochs"})).encode())
+        return h.hexdigest()
 
     def _calibrate_components(self, val_components: dict) -> None:
         """Hook: learn how to combine components from normal validation scores (before thresholds)."""
