@@ -247,10 +247,12 @@ class Detector:
             "history": self.history_,
             "training_data": {"fingerprint": self.train_fingerprint_, "n_train": self.n_train_,
                               "n_val": self.n_val_},
+            "architecture": self._architecture(),
+            # held-out normal scores: every scored image's percentile is taken among them
+            "normal_scores": [float(v) for v in self.normal_scores_],
             "state": self._meta(),
         }
         tensors = {f"model.{k}": v for k, v in self._tensors().items()}
-        tensors["normal_scores"] = torch.as_tensor(self.normal_scores_)
         return save_bundle(path, self.kind, meta, tensors)
 
     @classmethod
@@ -262,13 +264,23 @@ class Detector:
         unknown = set(params) - set(cls._param_names())
         if unknown:
             raise BundleError(f"{path}: parameters {sorted(unknown)} are unknown to this cxrad's {cls.kind}")
-        det = cls(**params, device=device)
-        det.thresholds_ = {k: float(v) for k, v in doc["thresholds"].items()}
-        det.threshold_rule_, det.threshold_ = doc["threshold_rule"], float(doc["threshold"])
-        det.history_ = doc.get("history", {})
-        td = doc.get("training_data", {})
-        det.train_fingerprint_, det.n_train_, det.n_val_ = td.get("fingerprint"), td.get("n_train"), td.get("n_val")
-        det.normal_scores_ = tensors.pop("normal_scores").numpy().astype(np.float64)
+        try:
+            det = cls(**params, device=device)
+            if "preprocessing" in doc and Preprocessing(**doc["preprocessing"]) != det.prep:
+                raise BundleError(f"{path}: preprocessing {doc['preprocessing']} does not match the model's "
+                                  f"input ({det.prep.to_dict()})")
+            det.thresholds_ = {k: float(v) for k, v in doc["thresholds"].items()}
+            det.threshold_rule_, det.threshold_ = doc["threshold_rule"], float(doc["threshold"])
+            det.history_ = doc.get("history", {})
+            td = doc.get("training_data", {})
+            det.train_fingerprint_, det.n_train_, det.n_val_ = td.get("fingerprint"), td.get("n_train"), \
+                td.get("n_val")
+            scores = doc["normal_scores"] if "normal_scores" in doc else tensors.pop("normal_scores").tolist()
+            det.normal_scores_ = np.sort(np.asarray(scores, dtype=np.float64))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, BundleError):
+                raise
+            raise BundleError(f"{path}: malformed model.json ({type(exc).__name__}: {exc})") from None
         model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         try:
             det._restore(model, doc.get("state", {}))
@@ -290,6 +302,10 @@ class Detector:
 
     def _meta(self) -> dict:
         return {}
+
+    def _architecture(self) -> dict:
+        """What the weights are (written to model.json for people and tools; loading checks the weights)."""
+        return {"detector": type(self).__name__, "input_size": [self.image_size, self.image_size]}
 
     def _restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         raise NotImplementedError

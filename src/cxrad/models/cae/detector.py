@@ -146,6 +146,11 @@ class CAEDetector(Detector):
         return {"kde_bandwidth": self.kde_bandwidth_, "component_stats": self.component_stats_,
                 "architecture": "CAE-seed"}
 
+    def _architecture(self) -> dict:
+        from .model import keras_parameter_count
+        return {**super()._architecture(), "name": "CAE-seed", "channels": self.channels,
+                "latent_dim": self.latent_dim, "parameters": keras_parameter_count(self.model_)}
+
     def _restore(self, tensors: dict, state: dict) -> None:
         model = CAE(self.channels, self.latent_dim, self.image_size)
         model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
