@@ -288,6 +288,14 @@ def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _try_cache(path: Path, arr: np.ndarray) -> None:
+    """A cache that cannot be written (read-only or full disk) slows things down; it must not fail a run."""
+    try:
+        atomic_save_npy(path, arr)
+    except OSError:
+        pass
+
+
 @dataclass
 class ImageSet:
     """Images ready for a model: ``images`` uint8 (N, H, W), ``frame`` their manifest rows (same order),
@@ -365,7 +373,7 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
         except Exception as exc:  # a reader bug must not lose the rest of the batch
             return None, f"unreadable ({type(exc).__name__}: {exc})"
         if item is not None:
-            atomic_save_npy(item, arr)
+            _try_cache(item, arr)
         return arr, None
 
     iterator = range(len(frame))
@@ -380,7 +388,7 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
         np.zeros((0, prep.size, prep.size), np.uint8)
     errors = frame.loc[~ok, ["path"]].assign(error=[r[1] for r in results if r[0] is None]).reset_index(drop=True)
     if set_file is not None and ok.all():
-        atomic_save_npy(set_file, images)
+        _try_cache(set_file, images)
     return ImageSet(images, frame[ok].reset_index(drop=True), prep, errors)
 
 

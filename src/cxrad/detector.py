@@ -257,6 +257,8 @@ class Detector:
 
     @classmethod
     def load(cls, path, device: str = "auto") -> "Detector":
+        from .training import resolve_device
+        resolve_device(device)  # an unavailable device is the user's error, not a broken bundle
         doc, tensors = load_bundle(path)
         if doc.get("kind") != cls.kind:
             raise BundleError(f"{path}: holds a {doc.get('kind')!r} model, not a {cls.kind!r} one")
