@@ -242,3 +242,18 @@ def test_checkpoint_of_other_data_or_settings_is_not_resumed(sample_manifest, ca
     # another learning rate is another run too
     c = CAEDetector(image_size=32, epochs=2, lr=3e-3, device="cpu", checkpoint_dir=str(tmp_path)).fit(b_images)
     assert c.history_["train_loss"] != b.history_["train_loss"]
+
+
+def test_checkpoint_with_a_pickle_payload_is_refused_without_running_it(sample_manifest, cache_dir, tmp_path):
+    import pickle
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    (tmp_path / "ckpt").mkdir()
+    torch.save({"epoch": 0, "x": Payload()}, tmp_path / "ckpt" / "last.pt", pickle_module=pickle)
+    det = CAEDetector(image_size=32, epochs=1, device="cpu", checkpoint_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(RuntimeError, match="unreadable checkpoint"):
+        det.fit(_images(sample_manifest, cache_dir, n=12))
+    assert not marker.exists()

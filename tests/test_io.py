@@ -21,8 +21,9 @@ def grey8(shared_data) -> np.ndarray:
 
 
 def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int, photometric: str = "MONOCHROME2",
-                slope: float | None = None, intercept: float | None = None, window=None) -> Path:
-    """A minimal valid DX DICOM (explicit VR little endian, uncompressed) holding ``pixels`` (uint16)."""
+                slope: float | None = None, intercept: float | None = None, window=None, signed: bool = False,
+                shape: tuple[int, int] | None = None) -> Path:
+    """A minimal valid DX DICOM (explicit VR little endian, uncompressed) holding ``pixels`` (16-bit)."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -35,16 +36,16 @@ def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int, photometric: s
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
+    ds.Rows, ds.Columns = shape or pixels.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = 0
+    ds.PixelRepresentation = int(signed)
     if slope is not None:
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2" if signed else "<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -119,6 +120,26 @@ def test_dicom_12_and_16_bit_match_the_8_bit_source(tmp_path, grey8):
     np.testing.assert_array_equal(read_image(no_suffix), read_image(d12))
 
 
+def test_dicom_signed_pixels(tmp_path, grey8):
+    v = np.clip(grey8, 20, 200).astype(np.float64)
+    signed = write_dicom(tmp_path / "s.dcm", np.round(v * 4095 / 255) - 2048, 12, signed=True)
+    np.testing.assert_allclose(read_image(signed), v / 255, atol=0.5 / 4095 + 1e-6)
+
+
+def test_dicom_claiming_huge_size_is_refused_before_decoding(tmp_path):
+    path = write_dicom(tmp_path / "bomb.dcm", np.zeros((16, 16)), 12, shape=(60000, 60000))
+    with pytest.raises(ImageReadError, match="too large"):
+        read_image(path)
+
+
+def test_file_too_large_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge.png"
+    with open(path, "wb") as fh:
+        fh.truncate(300 * 1024 * 1024)  # sparse: 300 MB by size, nothing on disk
+    with pytest.raises(ImageReadError, match="file too large"):
+        read_image(path)
+
+
 def test_dicom_monochrome1_is_inverted(tmp_path, grey8):
     p2 = np.round(grey8.astype(np.float64) * 4095 / 255)
     mono2 = read_image(write_dicom(tmp_path / "m2.dcm", p2, 12, "MONOCHROME2"))
@@ -170,6 +191,7 @@ def _bomb_png(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the garbage it is fed
 @pytest.mark.parametrize("case, reason", [
     ("empty", "empty file"), ("text", "not a readable image"), ("truncated", "not a readable image"),
     ("bomb", "too large"), ("bomb_huge", "too large"), ("missing", "not found"), ("dir", "directory"),

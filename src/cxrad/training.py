@@ -69,7 +69,11 @@ class Checkpointer:
         """Load state into ``modules``; returns (first epoch to run, history)."""
         if self.path is None or not self.path.exists():
             return 0, {}
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, foreign or a pickle payload that weights_only refused
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RuntimeError(f"{self.path}: unreadable checkpoint ({first}); delete it to start afresh") from None
         if self.key is not None and state.get("key") != self.key:
             return 0, {}  # left by a run on other data or settings: start afresh (it is overwritten)
         for name, m in modules.items():
