@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,7 @@ def test_csv_manifest_columns(tmp_path, shared_data):
     assert list(df["label"]) == [0, 0, 1, 1]
     assert list(df["orig_split"]) == ["train", "train", "test", "test"] and set(df["source"]) == {"siteA"}
     assert list(df["patient_id"][:3]) == ["p1", "p1", "p2"] and df["patient_id"][3] == files[3].stem
-    assert all((tmp_path / "img").samefile(__import__("pathlib").Path(p).parent) for p in df["path"])
+    assert all((tmp_path / "img").samefile(Path(p).parent) for p in df["path"])
     # a minimal manifest: just path + label
     pd.DataFrame({"file": [str(files[0])], "label": [0]}).to_csv(tmp_path / "min.csv", index=False)
     assert from_csv(tmp_path / "min.csv")["label"].tolist() == [0]
