@@ -121,7 +121,7 @@ def load_bundle(path) -> tuple[dict, dict[str, torch.Tensor]]:
     return doc, tensors
 
 
-def load_detector(path):
-    """Load any bundle into its detector class."""
+def load_detector(path, device: str = "auto"):
+    """Load any bundle into its detector class, on ``device`` (auto|cpu|cuda)."""
     doc = read_meta(path)
-    return detector_class(doc["kind"]).load(path)
+    return detector_class(doc["kind"]).load(path, device=device)

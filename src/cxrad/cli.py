@@ -73,10 +73,15 @@ def _manifest(args):
     return df
 
 
-def _resolve_model(name_or_path):
+def _resolve_model(name_or_path, device: str = "auto"):
     from .bundle import load_detector
     from .pretrained import resolve
-    return load_detector(resolve(name_or_path))
+    return load_detector(resolve(name_or_path), device=device)
+
+
+def _cache_dir(args) -> str:
+    from .data import default_cache_dir
+    return str(args.cache_dir or default_cache_dir())
 
 
 def _write_table(table, out: Path, stem: str) -> None:
@@ -97,17 +102,17 @@ def cmd_train(args) -> int:
     cls = detector_class(args.detector)
     common = {"image_size": args.image_size, "resize": args.resize, "seed": args.seed, "device": args.device,
               "val_fraction": args.val_fraction, "specificity": args.specificity, "progress": not args.quiet,
-              "checkpoint_dir": str(Path(args.out) / "checkpoint"), "cache_dir": args.cache_dir}
+              "checkpoint_dir": str(Path(args.out) / "checkpoint"), "cache_dir": _cache_dir(args)}
     if args.epochs is not None:
         common["epochs"] = args.epochs
     det = cls(**common, **_model_params(args))
-    images = load_images(normals, det.prep, cache_dir=args.cache_dir, progress=not args.quiet)
+    images = load_images(normals, det.prep, cache_dir=det.cache_dir, progress=not args.quiet)
     if len(images.errors):
         print(f"skipped {len(images.errors)} unreadable training file(s); see errors.csv", file=sys.stderr)
     det.fit(images)
     if args.calibration_data:
         from .data import open_dataset
-        cal = load_images(open_dataset(args.calibration_data), det.prep, cache_dir=args.cache_dir)
+        cal = load_images(open_dataset(args.calibration_data), det.prep, cache_dir=det.cache_dir)
         det.calibrate(cal, rule=args.threshold, value=args.threshold_value)
     elif args.threshold == "fixed":
         det.set_threshold(value=args.threshold_value)
@@ -135,7 +140,7 @@ def _score_inputs(paths: list[str]) -> list[str]:
 
 
 def cmd_score(args) -> int:
-    det = _resolve_model(args.model)
+    det = _resolve_model(args.model, args.device)
     _apply_operating_point(det, args)
     table = det.score(_score_inputs(args.images))
     keep = [c for c in ("path", "score", *det.components, "percentile", "anomalous", "error") if c in table]
@@ -218,12 +223,12 @@ def format_metrics(result: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    det = _resolve_model(args.model)
+    det = _resolve_model(args.model, args.device)
     _apply_operating_point(det, args)
     df = _manifest(args)
     if args.calibrate_rule:
         raise UserError("set labelled thresholds at training time with --calibration-data, not on test data")
-    result = evaluate_model(det, df, Path(args.out) if args.out else None, args.cache_dir, not args.quiet)
+    result = evaluate_model(det, df, Path(args.out) if args.out else None, _cache_dir(args), not args.quiet)
     print(format_metrics(result))
     return EXIT_SOME_FAILED if result["n_errors"] else EXIT_OK
 

@@ -7,6 +7,7 @@ content and preprocessing so that nothing is decoded twice.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -196,7 +197,7 @@ def file_hash(path: str) -> str:
             return hashlib.sha256(_npz_array(path).tobytes()).hexdigest()
         with open(path, "rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, IndexError, ValueError):
         return ""
 
 
@@ -224,7 +225,9 @@ def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 def patient_groups(df: pd.DataFrame) -> pd.Series:
     """Grouping key: a patient id is only unique within its source and publisher split."""
-    return df["source"].astype(str) + "|" + df["orig_split"].astype(str) + "|" + df["patient_id"].astype(str)
+    def col(name):  # a user's own manifest may lack source / orig_split
+        return df[name].astype(str) if name in df else pd.Series("", index=df.index)
+    return col("source") + "|" + col("orig_split") + "|" + col("patient_id")
 
 
 def split_by_patient(df: pd.DataFrame, fractions: dict[str, float], seed: int = 0) -> pd.Series:
@@ -246,13 +249,20 @@ def split_by_patient(df: pd.DataFrame, fractions: dict[str, float], seed: int = 
 
 
 # ----------------------------------------------------------------------------------- loading and caching
+@functools.lru_cache(maxsize=4)
+def _npz_images(file: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
+    """Every ``*_images`` array of an npz, read once (per file version) instead of once per image."""
+    with np.load(file, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files if k.endswith("_images")}
+
+
 def _npz_array(spec: str) -> np.ndarray:
     file, _, item = spec.partition(NPZ_SEP)
     m = re.fullmatch(r"(\w+)\[(\d+)\]", item)
     if not m:
         raise ImageReadError(f"bad npz reference {item!r}")
-    with np.load(file, allow_pickle=False) as data:
-        return data[f"{m.group(1)}_images"][int(m.group(2))]
+    st = os.stat(file)
+    return _npz_images(file, st.st_mtime_ns, st.st_size)[f"{m.group(1)}_images"][int(m.group(2))]
 
 
 def _decode(path: str) -> np.ndarray:
@@ -276,6 +286,14 @@ def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     with os.fdopen(fd, "wb") as fh:
         np.save(fh, arr)
     os.replace(tmp, path)
+
+
+def _try_cache(path: Path, arr: np.ndarray) -> None:
+    """A cache that cannot be written (read-only or full disk) slows things down; it must not fail a run."""
+    try:
+        atomic_save_npy(path, arr)
+    except OSError:
+        pass
 
 
 @dataclass
@@ -355,7 +373,7 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
         except Exception as exc:  # a reader bug must not lose the rest of the batch
             return None, f"unreadable ({type(exc).__name__}: {exc})"
         if item is not None:
-            atomic_save_npy(item, arr)
+            _try_cache(item, arr)
         return arr, None
 
     iterator = range(len(frame))
@@ -370,7 +388,7 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
         np.zeros((0, prep.size, prep.size), np.uint8)
     errors = frame.loc[~ok, ["path"]].assign(error=[r[1] for r in results if r[0] is None]).reset_index(drop=True)
     if set_file is not None and ok.all():
-        atomic_save_npy(set_file, images)
+        _try_cache(set_file, images)
     return ImageSet(images, frame[ok].reset_index(drop=True), prep, errors)
 
 

@@ -25,7 +25,7 @@ import torch
 
 from . import thresholds as th
 from .bundle import BundleError, load_bundle, save_bundle
-from .data import DataError, ImageSet, load_images, split_by_patient
+from .data import DataError, ImageSet, load_images, patient_groups, split_by_patient
 from .io import Preprocessing, resize
 
 RUNTIME_PARAMS = {"device", "progress", "checkpoint_dir", "cache_dir"}
@@ -107,18 +107,26 @@ class Detector:
                 raise DataError(f"need at least 10 normal images to hold out validation ones, got {len(normal)}")
             part = split_by_patient(normal.frame, {"train": 1 - self.val_fraction, "val": self.val_fraction},
                                     seed=self.seed) if "patient_id" in normal.frame else None
-            if part is None or (part == "val").sum() == 0:
+            if part is None:
                 rng = np.random.default_rng(self.seed)
                 is_val = np.zeros(len(normal), bool)
                 is_val[rng.permutation(len(normal))[:max(2, int(round(self.val_fraction * len(normal))))]] = True
             else:
-                is_val = (part == "val").to_numpy()
+                is_val = (part == "val").to_numpy().copy()
+                if is_val.sum() < 2:  # small sets: hold out whole patients, in seeded order, until 2 images
+                    groups = patient_groups(normal.frame).to_numpy()
+                    for g in np.random.default_rng(self.seed).permutation(np.unique(groups)):
+                        is_val |= groups == g
+                        if is_val.sum() >= 2:
+                            break
             train, val = normal.subset(~is_val), normal.subset(is_val)
         else:
             train, val = normal, self._as_imageset(val)
             val = val.subset(val.labels == 0)
         if len(val) < 2:
             raise DataError("need at least 2 normal validation images")
+        if len(train) == 0:
+            raise DataError("no normal training images are left after holding out the validation ones")
         self.history_: dict = {}
         self._fit(np.asarray(train.images), np.asarray(val.images))
         self.n_train_, self.n_val_ = len(train), len(val)
@@ -130,6 +138,15 @@ class Detector:
         self.threshold_rule_ = "quantile"
         self.threshold_ = self.thresholds_["quantile"]
         return self
+
+    def _run_key(self, train: np.ndarray, val: np.ndarray) -> str:
+        """Identifies a training run for checkpoints: data and every setting but ``epochs`` (so a finished
+        run can be extended) and the runtime ones."""
+        h = hashlib.sha256(np.ascontiguousarray(train).tobytes())
+        h.update(np.ascontiguousarray(val).tobytes())
+        h.update(repr(sorted((k, v) for k, v in self.get_params().items()
+                             if k not in RUNTIME_PARAMS | {"epochs"})).encode())
+        return h.hexdigest()
 
     def _calibrate_components(self, val_components: dict) -> None:
         """Hook: learn how to combine components from normal validation scores (before thresholds)."""
@@ -230,14 +247,18 @@ class Detector:
             "history": self.history_,
             "training_data": {"fingerprint": self.train_fingerprint_, "n_train": self.n_train_,
                               "n_val": self.n_val_},
+            "architecture": self._architecture(),
+            # held-out normal scores: every scored image's percentile is taken among them
+            "normal_scores": [float(v) for v in self.normal_scores_],
             "state": self._meta(),
         }
         tensors = {f"model.{k}": v for k, v in self._tensors().items()}
-        tensors["normal_scores"] = torch.as_tensor(self.normal_scores_)
         return save_bundle(path, self.kind, meta, tensors)
 
     @classmethod
     def load(cls, path, device: str = "auto") -> "Detector":
+        from .training import resolve_device
+        resolve_device(device)  # an unavailable device is the user's error, not a broken bundle
         doc, tensors = load_bundle(path)
         if doc.get("kind") != cls.kind:
             raise BundleError(f"{path}: holds a {doc.get('kind')!r} model, not a {cls.kind!r} one")
@@ -245,13 +266,23 @@ class Detector:
         unknown = set(params) - set(cls._param_names())
         if unknown:
             raise BundleError(f"{path}: parameters {sorted(unknown)} are unknown to this cxrad's {cls.kind}")
-        det = cls(**params, device=device)
-        det.thresholds_ = {k: float(v) for k, v in doc["thresholds"].items()}
-        det.threshold_rule_, det.threshold_ = doc["threshold_rule"], float(doc["threshold"])
-        det.history_ = doc.get("history", {})
-        td = doc.get("training_data", {})
-        det.train_fingerprint_, det.n_train_, det.n_val_ = td.get("fingerprint"), td.get("n_train"), td.get("n_val")
-        det.normal_scores_ = tensors.pop("normal_scores").numpy().astype(np.float64)
+        try:
+            det = cls(**params, device=device)
+            if "preprocessing" in doc and Preprocessing(**doc["preprocessing"]) != det.prep:
+                raise BundleError(f"{path}: preprocessing {doc['preprocessing']} does not match the model's "
+                                  f"input ({det.prep.to_dict()})")
+            det.thresholds_ = {k: float(v) for k, v in doc["thresholds"].items()}
+            det.threshold_rule_, det.threshold_ = doc["threshold_rule"], float(doc["threshold"])
+            det.history_ = doc.get("history", {})
+            td = doc.get("training_data", {})
+            det.train_fingerprint_, det.n_train_, det.n_val_ = td.get("fingerprint"), td.get("n_train"), \
+                td.get("n_val")
+            scores = doc["normal_scores"] if "normal_scores" in doc else tensors.pop("normal_scores").tolist()
+            det.normal_scores_ = np.sort(np.asarray(scores, dtype=np.float64))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, BundleError):
+                raise
+            raise BundleError(f"{path}: malformed model.json ({type(exc).__name__}: {exc})") from None
         model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         try:
             det._restore(model, doc.get("state", {}))
@@ -273,6 +304,10 @@ class Detector:
 
     def _meta(self) -> dict:
         return {}
+
+    def _architecture(self) -> dict:
+        """What the weights are (written to model.json for people and tools; loading checks the weights)."""
+        return {"detector": type(self).__name__, "input_size": [self.image_size, self.image_size]}
 
     def _restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         raise NotImplementedError

@@ -78,12 +78,30 @@ def _dicom_to_grey(data: bytes) -> np.ndarray:
         has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
         if has_voi:
             arr = apply_voi_lut(arr, ds, index=0).astype(np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
+        # Scale by the range the header defines (stored bits through the modality LUT, or the VOI LUT's
+        # output), not by this image's min/max: a stretch would undo the window and ignore the bit depth.
+        lo, hi = _dicom_output_range(ds, voi_lut=has_voi and "WindowCenter" not in ds)
     out = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr, dtype=np.float32)
     out = np.clip(out, 0.0, 1.0)
     if photometric == "MONOCHROME1":  # 0 = white in MONOCHROME1
         out = 1.0 - out
     return out.astype(np.float32)
+
+
+def _dicom_output_range(ds, voi_lut: bool) -> tuple[float, float]:
+    """Value range of a monochrome DICOM after the modality LUT (and a VOI LUT table, when ``voi_lut``)."""
+    def lut_bits(item) -> int:
+        return int(item.LUTDescriptor[2]) if "LUTDescriptor" in item else 16
+
+    if voi_lut:
+        return 0.0, float(2 ** lut_bits(ds.VOILUTSequence[0]) - 1)
+    if "ModalityLUTSequence" in ds:
+        return 0.0, float(2 ** lut_bits(ds.ModalityLUTSequence[0]) - 1)
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if int(ds.get("PixelRepresentation", 0)) else (0, 2 ** bits - 1)
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+    return float(lo), float(hi)
 
 
 def _raster_to_grey(data: bytes) -> np.ndarray:

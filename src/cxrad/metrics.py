@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
+
+
+def _auroc(pos_scores: np.ndarray, neg_scores: np.ndarray) -> float:
+    """Mann-Whitney AUROC (ties count one half); equals roc_auc_score, ~50x faster for the bootstrap."""
+    ranks = rankdata(np.r_[pos_scores, neg_scores])
+    n_pos, n_neg = pos_scores.size, neg_scores.size
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def bootstrap_auroc_ci(labels, scores, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
@@ -15,8 +23,7 @@ def bootstrap_auroc_ci(labels, scores, n_boot: int = 1000, seed: int = 0, level:
     rng = np.random.default_rng(seed)
     aucs = np.empty(n_boot)
     for b in range(n_boot):  # stratified: each resample keeps the class sizes
-        idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
-        aucs[b] = roc_auc_score(y[idx], s[idx])
+        aucs[b] = _auroc(s[rng.choice(pos, pos.size)], s[rng.choice(neg, neg.size)])
     alpha = (1 - level) / 2
     return float(np.quantile(aucs, alpha)), float(np.quantile(aucs, 1 - alpha))
 

@@ -42,12 +42,15 @@ def batches(n: int, batch_size: int, shuffle: bool = False, generator: torch.Gen
 class Checkpointer:
     """Atomic, resumable training state in ``<dir>/last.pt`` (loaded with ``weights_only=True``).
 
-    A killed run restarts from the last completed epoch when the same ``dir`` is given again.
+    A killed run restarts from the last completed epoch when the same ``dir`` is given again. ``modules``
+    are nn.Modules, optimizers or torch.Generators (the shuffling generator must be saved too, or a resumed
+    run shuffles differently from an uninterrupted one).
     """
 
-    def __init__(self, directory, every: int = 1):
+    def __init__(self, directory, every: int = 1, key: str | None = None):
         self.dir = Path(directory) if directory else None
         self.every = max(1, int(every))
+        self.key = key  # identifies the run (data + settings); a checkpoint of another run is not resumed
 
     @property
     def path(self) -> Path | None:
@@ -57,7 +60,7 @@ class Checkpointer:
         if self.dir is None or (not force and (epoch + 1) % self.every):
             return
         state = {"epoch": epoch, "history": history, "rng": torch.get_rng_state(),
-                 "state": {name: m.state_dict() for name, m in modules.items()}}
+                 "key": self.key, "state": {name: _state_of(m) for name, m in modules.items()}}
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.path, buf.getvalue())
@@ -66,15 +69,28 @@ class Checkpointer:
         """Load state into ``modules``; returns (first epoch to run, history)."""
         if self.path is None or not self.path.exists():
             return 0, {}
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, foreign or a pickle payload that weights_only refused
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RuntimeError(f"{self.path}: unreadable checkpoint ({first}); delete it to start afresh") from None
+        if self.key is not None and state.get("key") != self.key:
+            return 0, {}  # left by a run on other data or settings: start afresh (it is overwritten)
         for name, m in modules.items():
-            m.load_state_dict(state["state"][name])
+            if isinstance(m, torch.Generator):
+                m.set_state(state["state"][name])
+            else:
+                m.load_state_dict(state["state"][name])
         torch.set_rng_state(state["rng"])
         return int(state["epoch"]) + 1, state["history"]
 
     def clear(self) -> None:
         if self.path is not None and self.path.exists():
             os.unlink(self.path)
+
+
+def _state_of(m):
+    return m.get_state() if isinstance(m, torch.Generator) else m.state_dict()
 
 
 @torch.no_grad()

@@ -47,8 +47,9 @@ class CAEDetector(Detector):
         device = resolve_device(self.device)
         model = CAE(self.channels, self.latent_dim, self.image_size).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
-        ckpt = Checkpointer(self.checkpoint_dir)
-        start, history = ckpt.resume({"model": model, "opt": opt})
+        ckpt = Checkpointer(self.checkpoint_dir, key=self._run_key(train, val))
+        state = {"model": model, "opt": opt, "gen": gen}
+        start, history = ckpt.resume(state)
         history = history or {"train_loss": [], "val_loss": []}
         x_val = to_tensor(val, self.channels, device)
         for epoch in progress_bar(range(start, self.epochs), self.progress, desc="CAE epochs", initial=start,
@@ -67,7 +68,7 @@ class CAEDetector(Detector):
                 val_loss = nn.functional.mse_loss(model(x_val)[0], x_val).item()
             history["train_loss"].append(total / len(train))
             history["val_loss"].append(val_loss)
-            ckpt.save(epoch, {"model": model, "opt": opt}, history)
+            ckpt.save(epoch, state, history)
         self.model_ = model.eval()
         self.history_ = history
         self._fit_kde(self._encode(train))
@@ -93,7 +94,8 @@ class CAEDetector(Detector):
     def _forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
         def fn(x):
             recon, z = self.model_(x)
-            return {"z": z, "err": ((recon - x) ** 2).mean(dim=(1, 2, 3)), "recon": recon.mean(1)}
+            sq = ((recon - x) ** 2).mean(1)  # per-pixel error, averaged over channels: its mean is the score
+            return {"z": z, "err": sq.mean(dim=(1, 2)), "err_map": sq, "recon": recon.mean(1)}
         return map_batches(fn, images, 128, self.channels, self._device())
 
     def _score(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -124,8 +126,7 @@ class CAEDetector(Detector):
         return {"recon_error_above": me + t * se, "log_density_below": -(md + t * sd)}
 
     def anomaly_map(self, images: np.ndarray) -> np.ndarray:
-        recon = self._forward(images)["recon"]
-        return (recon - np.asarray(images, np.float32) / 255.0) ** 2
+        return self._forward(images)["err_map"]
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         return self._forward(images)["recon"]
@@ -144,6 +145,11 @@ class CAEDetector(Detector):
     def _meta(self) -> dict:
         return {"kde_bandwidth": self.kde_bandwidth_, "component_stats": self.component_stats_,
                 "architecture": "CAE-seed"}
+
+    def _architecture(self) -> dict:
+        from .model import keras_parameter_count
+        return {**super()._architecture(), "name": "CAE-seed", "channels": self.channels,
+                "latent_dim": self.latent_dim, "parameters": keras_parameter_count(self.model_)}
 
     def _restore(self, tensors: dict, state: dict) -> None:
         model = CAE(self.channels, self.latent_dim, self.image_size)

@@ -1,0 +1,165 @@
+"""Model bundles: safetensors + JSON round trip, every documented field, and refusal of bad bundles."""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cxrad.bundle import FORMAT_VERSION, META_FILE, TENSOR_FILE, BundleError, load_detector, read_meta
+from cxrad.data import load_images
+from cxrad.models.cae import CAEDetector
+
+
+@pytest.fixture(scope="module")
+def images(sample_manifest, cache_dir):
+    df = sample_manifest[sample_manifest["orig_split"] == "test"].groupby("label").head(6)
+    return load_images(df, CAEDetector(image_size=32).prep, cache_dir=cache_dir)
+
+
+@pytest.fixture
+def bundle(tiny_cae_bundle, tmp_path):
+    """A private copy of the tiny bundle to damage."""
+    return shutil.copytree(tiny_cae_bundle, tmp_path / "copy")
+
+
+def _edit_json(path, **changes):
+    doc = json.loads((path / META_FILE).read_text())
+    for key, value in changes.items():
+        *parents, leaf = key.split("__")
+        target = doc
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    (path / META_FILE).write_text(json.dumps(doc))
+
+
+def test_round_trip_gives_identical_scores(tiny_cae_bundle, images, tmp_path):
+    det = load_detector(tiny_cae_bundle)
+    first = det.score(images)
+    again = load_detector(det.save(tmp_path / "again"))
+    second = again.score(images)
+    for col in ("score", "recon_error", "log_density", "percentile", "anomalous"):
+        np.testing.assert_array_equal(first[col].to_numpy(), second[col].to_numpy(), err_msg=col)
+    np.testing.assert_array_equal(again.normal_scores_, det.normal_scores_)
+    assert again.thresholds_ == det.thresholds_ and again.kde_bandwidth_ == det.kde_bandwidth_
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == [META_FILE, TENSOR_FILE]  # no temp files
+
+
+def test_bundle_holds_every_documented_field(tiny_cae_bundle):
+    doc = json.loads((tiny_cae_bundle / META_FILE).read_text())
+    assert doc["format"] == "cxrad-bundle" and doc["format_version"] == FORMAT_VERSION and doc["kind"] == "cae"
+    arch = doc["architecture"]
+    assert arch["name"] == "CAE-seed" and arch["channels"] == 3 and arch["latent_dim"] == 128
+    assert arch["input_size"] == [32, 32] and arch["parameters"] > 0
+    assert doc["preprocessing"] == {"size": 32, "resize": "stretch"}
+    assert doc["threshold_rule"] == "quantile" and doc["thresholds"]["quantile"] == doc["threshold"]
+    normal = doc["normal_scores"]
+    assert len(normal) == doc["training_data"]["n_val"] and normal == sorted(normal)
+    assert doc["environment"]["torch"] == torch.__version__ and "cxrad" in doc["environment"]
+    assert len(doc["training_data"]["fingerprint"]) == 64 and doc["training_data"]["n_train"] > 0
+    assert doc["params"]["epochs"] == 2 and len(doc["history"]["train_loss"]) == 2
+    assert "device" not in doc["params"] and "cache_dir" not in doc["params"]  # runtime settings stay out
+    tensors = load_file(str(tiny_cae_bundle / TENSOR_FILE))
+    assert tensors["model.kde_latents"].shape == (doc["training_data"]["n_train"], 128)  # KDE latents included
+    assert any(k.startswith("model.net.encoder") for k in tensors)
+
+
+def test_fingerprint_follows_the_training_images(sample_manifest, cache_dir):
+    from cxrad.detector import _fingerprint
+    df = sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)]
+    prep = CAEDetector(image_size=32).prep
+    a = load_images(df.head(12), prep, cache_dir)
+    assert _fingerprint(a) == _fingerprint(load_images(df.head(12)[::-1], prep, cache_dir))  # order-free
+    assert _fingerprint(a) != _fingerprint(load_images(df.head(11), prep, cache_dir))
+    # arrays without file hashes: fingerprinted by pixel content
+    arr = np.asarray(a.images)
+    from cxrad.data import ImageSet
+    assert _fingerprint(ImageSet.from_arrays(arr)) == _fingerprint(ImageSet.from_arrays(arr[::-1]))
+    assert _fingerprint(ImageSet.from_arrays(arr)) != _fingerprint(ImageSet.from_arrays(255 - arr))
+
+
+def test_unknown_format_version_is_refused_clearly(bundle):
+    _edit_json(bundle, format_version=FORMAT_VERSION + 1)
+    with pytest.raises(BundleError, match=f"format version {FORMAT_VERSION + 1} is not supported"):
+        load_detector(bundle)
+    _edit_json(bundle, format_version="1")
+    with pytest.raises(BundleError, match="not supported"):
+        read_meta(bundle)
+
+
+def test_pickle_in_place_of_safetensors_is_refused_without_running_it(bundle, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    (bundle / TENSOR_FILE).write_bytes(pickle.dumps({"weights": Payload()}))
+    with pytest.raises(BundleError, match="safetensors"):
+        load_detector(bundle)
+    assert not marker.exists()
+    torch.save({"w": torch.zeros(2)}, bundle / TENSOR_FILE)  # a torch (zip + pickle) file
+    with pytest.raises(BundleError, match="safetensors"):
+        load_detector(bundle)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"params__channels": 1}, "do not fit"),
+    ({"params__image_size": 64}, "preprocessing"),
+    ({"params__image_size": 64, "preprocessing__size": 64}, "do not fit"),
+    ({"params__latent_dim": 64}, "do not fit"),
+])
+def test_wrong_architecture_is_refused(bundle, change, message):
+    _edit_json(bundle, **change)
+    with pytest.raises(BundleError, match=message) as info:
+        load_detector(bundle)
+    assert "\n" not in str(info.value)
+
+
+def test_one_channel_weights_loaded_as_three_channels(sample_manifest, cache_dir, tmp_path):
+    df = sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)].head(12)
+    one = CAEDetector(image_size=32, epochs=1, channels=1, device="cpu")
+    path = one.fit(load_images(df, one.prep, cache_dir)).save(tmp_path / "one")
+    assert load_detector(path).channels == 1
+    _edit_json(path, params__channels=3)
+    with pytest.raises(BundleError, match="do not fit a cae"):
+        load_detector(path)
+
+
+def test_other_bad_bundles(bundle, tmp_path):
+    with pytest.raises(BundleError, match="not a cxrad model bundle"):
+        load_detector(tmp_path / "nowhere")
+    (tmp_path / "notjson").mkdir()
+    (tmp_path / "notjson" / META_FILE).write_text("{oops")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_detector(tmp_path / "notjson")
+    for kind in ("cxrad.cli:main", "os"):  # a bundle cannot name code to import
+        _edit_json(bundle, kind=kind)
+        with pytest.raises(BundleError, match="unknown detector kind"):
+            load_detector(bundle)
+    _edit_json(bundle, kind="cae", params__evil="x")
+    with pytest.raises(BundleError, match="unknown"):
+        load_detector(bundle)
+    doc = json.loads((bundle / META_FILE).read_text())
+    del doc["params"]["evil"], doc["thresholds"]
+    (bundle / META_FILE).write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="malformed"):
+        load_detector(bundle)
+
+
+def test_missing_or_damaged_weights(bundle):
+    tensors = load_file(str(bundle / TENSOR_FILE))
+    del tensors["model.kde_latents"]
+    save_file(tensors, str(bundle / TENSOR_FILE))
+    with pytest.raises(BundleError, match="do not fit"):
+        load_detector(bundle)
+    (bundle / TENSOR_FILE).write_bytes((bundle / TENSOR_FILE).read_bytes()[:1000])
+    with pytest.raises(BundleError, match="unreadable safetensors"):
+        load_detector(bundle)
+    (bundle / TENSOR_FILE).unlink()
+    with pytest.raises(BundleError, match="no model.safetensors"):
+        load_detector(bundle)

@@ -1,0 +1,259 @@
+"""The seed CAE: architecture as specified, its scores (reconstruction MSE, latent KDE, OR rule), the detector
+protocol, and resuming a killed training run."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.model_selection import GridSearchCV
+from sklearn.neighbors import KernelDensity
+from torch import nn
+
+from cxrad.data import DataError, ImageSet, load_images
+from cxrad.models.cae import CAE, CAEDetector
+from cxrad.models.cae.model import keras_parameter_count
+from cxrad.training import Checkpointer, resolve_device, to_tensor
+
+
+# ------------------------------------------------------------------------------------------ architecture
+def test_seed_cae_has_the_specified_parameters_and_layer_shapes():
+    model = CAE(channels=3, latent_dim=128, image_size=128)
+    assert keras_parameter_count(model) == 2_127_203
+    assert sum(p.numel() for p in model.parameters()) == 2_126_979  # + 224 BatchNorm statistics
+
+    shapes = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(lambda mod, inp, out: shapes.append((type(mod).__name__, tuple(out.shape[1:]))))
+             for m in leaves]
+    recon, z = model.eval()(torch.zeros(2, 3, 128, 128))
+    for h in hooks:
+        h.remove()
+    expected = []
+    for cout, side in ((8, 128), (16, 64), (32, 32)):  # Conv3x3 same -> BN -> LeakyReLU -> MaxPool2
+        expected += [("Conv2d", (cout, side, side)), ("BatchNorm2d", (cout, side, side)),
+                     ("LeakyReLU", (cout, side, side)), ("MaxPool2d", (cout, side // 2, side // 2))]
+    expected += [("Flatten", (8192,)), ("Linear", (128,)),  # encoder ends in the 128-d latent
+                 ("Linear", (8192,)), ("LeakyReLU", (8192,))]  # decoder dense, then reshape 32x16x16
+    for cout, side in ((32, 16), (16, 32), (8, 64)):  # ConvTranspose3x3 -> BN -> LeakyReLU -> Upsample2
+        expected += [("ConvTranspose2d", (cout, side, side)), ("BatchNorm2d", (cout, side, side)),
+                     ("LeakyReLU", (cout, side, side)), ("Upsample", (cout, side * 2, side * 2))]
+    expected += [("Conv2d", (3, 128, 128)), ("Sigmoid", (3, 128, 128))]
+    assert shapes == expected
+    assert recon.shape == (2, 3, 128, 128) and z.shape == (2, 128)
+    kernels = [m.kernel_size for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert kernels == [(3, 3)] * 7
+
+
+def test_one_channel_option_and_grey_repeated_to_three():
+    one = CAE(channels=1, image_size=32)
+    assert one(torch.zeros(1, 1, 32, 32))[0].shape == (1, 1, 32, 32)
+    assert keras_parameter_count(one) < keras_parameter_count(CAE(channels=3, image_size=32))
+    grey = np.random.default_rng(0).integers(0, 256, (2, 32, 32), dtype=np.uint8)
+    x = to_tensor(grey, channels=3)
+    assert x.shape == (2, 3, 32, 32)
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+    assert torch.allclose(x[:, 0], torch.from_numpy(grey).float() / 255)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        CAE(image_size=36)
+
+
+# --------------------------------------------------------------------------------------------- scoring
+@pytest.fixture(scope="module")
+def tiny(tiny_cae_bundle):
+    return CAEDetector.load(tiny_cae_bundle, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def test_images(sample_manifest, cache_dir):
+    test = sample_manifest[sample_manifest["orig_split"] == "test"]
+    df = test.groupby("label").head(10)
+    return load_images(df, CAEDetector(image_size=32).prep, cache_dir=cache_dir)
+
+
+def test_components_are_reconstruction_mse_and_kde_log_density(tiny, test_images):
+    table = tiny.score(test_images)
+    x = to_tensor(np.asarray(test_images.images), 3)
+    with torch.no_grad():
+        recon, z = tiny.model_(x)
+    mse = ((recon - x) ** 2).mean(dim=(1, 2, 3)).numpy()
+    np.testing.assert_allclose(table["recon_error"], mse, rtol=1e-5)
+    zs = (z.numpy() - tiny.latent_mean_) / tiny.latent_sd_
+    kde = KernelDensity(bandwidth=tiny.kde_bandwidth_).fit(tiny.kde_latents_)
+    np.testing.assert_allclose(table["log_density"], kde.score_samples(zs), rtol=1e-4)
+    # the score: the larger of the two components, each standardised on held-out normal images
+    (me, se), (md, sd) = tiny.component_stats_["recon_error"], tiny.component_stats_["neg_log_density"]
+    both = np.maximum((table["recon_error"] - me) / se, (-table["log_density"] - md) / sd)
+    np.testing.assert_allclose(table["score"], both, rtol=1e-6)
+    assert tiny.kde_latents_.shape == (tiny.n_train_, 128)
+
+
+def test_kde_bandwidth_chosen_by_cross_validation(tiny):
+    grid = GridSearchCV(KernelDensity(), {"bandwidth": np.logspace(-1, 1.5, 16)}, cv=5).fit(tiny.kde_latents_)
+    assert tiny.kde_bandwidth_ == pytest.approx(grid.best_params_["bandwidth"])
+    others = [KernelDensity(bandwidth=b).fit(tiny.kde_latents_) for b in (0.05, 50.0)]
+    assert grid.best_score_ > max(
+        GridSearchCV(KernelDensity(), {"bandwidth": [o.bandwidth]}, cv=5).fit(tiny.kde_latents_).best_score_
+        for o in others)
+
+
+def test_score_is_the_or_rule(tiny, test_images):
+    table = tiny.score(test_images)
+    for t in np.quantile(table["score"], [0.2, 0.5, 0.8]):
+        ct = tiny.component_thresholds(t)
+        either = (table["recon_error"] > ct["recon_error_above"]) | (table["log_density"] < ct["log_density_below"])
+        flagged = table["score"] > t
+        # equal except for floating-point ties at the boundary
+        assert (either == flagged).mean() == 1.0
+    stored = tiny.component_thresholds()
+    assert set(stored) == {"recon_error_above", "log_density_below"}
+
+
+def test_score_table_and_protocol(tiny, test_images, tmp_path):
+    table = tiny.score(test_images)
+    assert len(table) == len(test_images)
+    for col in ("path", "label", "recon_error", "log_density", "score", "percentile", "anomalous", "error"):
+        assert col in table
+    assert (table["error"] == "").all() and table["percentile"].between(0, 100).all()
+    assert (table["anomalous"] == (table["score"] > tiny.threshold_)).all()
+    np.testing.assert_array_equal(tiny.predict(test_images), table["anomalous"].astype(int))
+    # paths, arrays and image sets give the same scores
+    by_path = tiny.score(list(test_images.frame["path"]))
+    np.testing.assert_allclose(by_path["score"], table["score"], rtol=1e-6)
+    np.testing.assert_allclose(tiny.score(np.asarray(test_images.images))["score"], table["score"], rtol=1e-6)
+    # a bad file becomes -1 and an error row; the others are still scored
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    mixed = [test_images.frame["path"][0], str(tmp_path / "bad.png")]
+    assert list(tiny.predict(mixed)) == [int(table["anomalous"][0]), -1]
+    maps = tiny.anomaly_map(np.asarray(test_images.images[:3]))
+    assert maps.shape == (3, 32, 32) and (maps >= 0).all()
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), table["recon_error"][:3], rtol=1e-4)
+    recon = tiny.reconstruct(np.asarray(test_images.images[:3]))
+    assert recon.shape == (3, 32, 32) and 0 <= recon.min() and recon.max() <= 1
+    assert tiny.features(np.asarray(test_images.images[:3])).shape == (3, 128)
+
+
+@pytest.mark.parametrize("mode, component, sign", [("recon", "recon_error", 1), ("density", "log_density", -1)])
+def test_single_component_score_modes(tiny, test_images, mode, component, sign):
+    old, tiny.score_mode = tiny.score_mode, mode
+    try:
+        table = tiny.score(test_images)
+    finally:
+        tiny.score_mode = old
+    order_score = np.argsort(table["score"].to_numpy(), kind="stable")
+    order_comp = np.argsort(sign * table[component].to_numpy(), kind="stable")
+    np.testing.assert_array_equal(order_score, order_comp)
+
+
+# ------------------------------------------------------------------------------------------------- fit
+def _images(sample_manifest, cache_dir, n=24, size=32):
+    df = sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)].head(n)
+    return load_images(df, CAEDetector(image_size=size).prep, cache_dir=cache_dir)
+
+
+def test_fit_ignores_abnormal_rows_holds_out_val_and_is_seeded(sample_manifest, cache_dir):
+    df = pd.concat([sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)]
+                    .head(16), sample_manifest[sample_manifest["label"] == 1].head(16)])
+    images = load_images(df, CAEDetector(image_size=32).prep, cache_dir=cache_dir)
+    assert (images.labels == 1).sum() == 16
+    a = CAEDetector(image_size=32, epochs=1, device="cpu", val_fraction=0.25).fit(images)
+    assert a.n_train_ + a.n_val_ == 16 and a.n_val_ >= 2  # only the 16 normal images
+    assert len(a.normal_scores_) == a.n_val_ and (np.diff(a.normal_scores_) >= 0).all()
+    b = CAEDetector(image_size=32, epochs=1, device="cpu", val_fraction=0.25).fit(images)
+    np.testing.assert_array_equal(a.normal_scores_, b.normal_scores_)
+    assert a.thresholds_["quantile"] == a.threshold_
+
+
+def test_fit_small_sets_keep_two_validation_images(sample_manifest, cache_dir):
+    # 12 normals, 10% held out: the patient split alone would hold out one image, too few for thresholds
+    det = CAEDetector(image_size=32, epochs=1, device="cpu").fit(_images(sample_manifest, cache_dir, n=12))
+    assert det.n_val_ >= 2 and det.n_train_ + det.n_val_ == 12
+
+
+def test_fit_refuses_empty_and_abnormal_only(sample_manifest, cache_dir):
+    det = CAEDetector(image_size=32, epochs=1, device="cpu")
+    with pytest.raises(DataError, match="empty"):
+        det.fit(ImageSet.from_arrays(np.zeros((0, 32, 32), np.uint8)))
+    ab = sample_manifest[sample_manifest["label"] == 1].head(12)
+    with pytest.raises(DataError, match="no normal images"):
+        det.fit(load_images(ab, det.prep, cache_dir=cache_dir))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        det.score(np.zeros((1, 32, 32), np.uint8))
+
+
+def test_device_choice():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def _weights(det):
+    return {k: v.clone() for k, v in det.model_.state_dict().items()}
+
+
+def test_training_resumes_from_checkpoint(sample_manifest, cache_dir, tmp_path, monkeypatch):
+    images = _images(sample_manifest, cache_dir)
+    ckpt = tmp_path / "ckpt"
+    first = CAEDetector(image_size=32, epochs=2, device="cpu", checkpoint_dir=str(ckpt)).fit(images)
+    assert (ckpt / "last.pt").exists() and len(first.history_["train_loss"]) == 2
+
+    epochs_run = []
+    real_save = Checkpointer.save
+    monkeypatch.setattr(Checkpointer, "save", lambda self, epoch, *a, **k: (epochs_run.append(epoch),
+                                                                              real_save(self, epoch, *a, **k)))
+    more = CAEDetector(image_size=32, epochs=3, device="cpu", checkpoint_dir=str(ckpt)).fit(images)
+    assert epochs_run == [2]  # only the third epoch ran
+    assert len(more.history_["train_loss"]) == 3
+    assert more.history_["train_loss"][:2] == first.history_["train_loss"]
+
+
+def test_killed_run_resumes_to_the_same_model(sample_manifest, cache_dir, tmp_path, monkeypatch):
+    images = _images(sample_manifest, cache_dir)
+    straight = CAEDetector(image_size=32, epochs=3, device="cpu").fit(images)
+
+    real_save = Checkpointer.save
+
+    def save_then_die(self, epoch, *a, **k):
+        real_save(self, epoch, *a, **k)
+        if epoch == 1:
+            raise KeyboardInterrupt  # killed after the second epoch's checkpoint
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        CAEDetector(image_size=32, epochs=3, device="cpu", checkpoint_dir=str(tmp_path)).fit(images)
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    resumed = CAEDetector(image_size=32, epochs=3, device="cpu", checkpoint_dir=str(tmp_path)).fit(images)
+    assert len(resumed.history_["train_loss"]) == 3
+    np.testing.assert_allclose(resumed.history_["train_loss"], straight.history_["train_loss"], rtol=1e-5)
+    for k, v in _weights(straight).items():
+        torch.testing.assert_close(_weights(resumed)[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_of_other_data_or_settings_is_not_resumed(sample_manifest, cache_dir, tmp_path):
+    a_images = _images(sample_manifest, cache_dir, n=12)
+    b_images = _images(sample_manifest, cache_dir, n=24)
+    a = CAEDetector(image_size=32, epochs=2, device="cpu", checkpoint_dir=str(tmp_path)).fit(a_images)
+    b = CAEDetector(image_size=32, epochs=2, device="cpu", checkpoint_dir=str(tmp_path)).fit(b_images)
+    fresh = CAEDetector(image_size=32, epochs=2, device="cpu").fit(b_images)
+    assert b.history_["train_loss"] != a.history_["train_loss"]
+    np.testing.assert_allclose(b.history_["train_loss"], fresh.history_["train_loss"], rtol=1e-5)
+    # another learning rate is another run too
+    c = CAEDetector(image_size=32, epochs=2, lr=3e-3, device="cpu", checkpoint_dir=str(tmp_path)).fit(b_images)
+    assert c.history_["train_loss"] != b.history_["train_loss"]
+
+
+def test_checkpoint_with_a_pickle_payload_is_refused_without_running_it(sample_manifest, cache_dir, tmp_path):
+    import pickle
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    (tmp_path / "ckpt").mkdir()
+    torch.save({"epoch": 0, "x": Payload()}, tmp_path / "ckpt" / "last.pt", pickle_module=pickle)
+    det = CAEDetector(image_size=32, epochs=1, device="cpu", checkpoint_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(RuntimeError, match="unreadable checkpoint"):
+        det.fit(_images(sample_manifest, cache_dir, n=12))
+    assert not marker.exists()
