@@ -34,7 +34,8 @@ def streamlit_command(port: int, max_upload_mb: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(SCRIPT),
             "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
             "--browser.gatherUsageStats", "false", "--server.maxUploadSize", str(max_upload_mb),
-            "--server.fileWatcherType", "none", "--global.developmentMode", "false"]
+            "--server.fileWatcherType", "none", "--global.developmentMode", "false",
+            "--client.toolbarMode", "minimal"]
 
 
 def cmd_app(args) -> int:

@@ -165,7 +165,10 @@ def main() -> None:
         st.subheader(f"Results: {int((table['verdict'] == 'anomalous').sum())} anomalous, "
                      f"{int((table['verdict'] == 'normal').sum())} normal"
                      + (f", {n_bad} unreadable" if n_bad else ""))
-        st.dataframe(table, hide_index=True)
+        st.dataframe(table, hide_index=True, column_config={  # the CSV keeps full precision
+            "score": st.column_config.NumberColumn(format="%.4f"),
+            "percentile_among_normals": st.column_config.NumberColumn(format="%.0f"),
+            "threshold": st.column_config.NumberColumn(format="%.4f")})
         st.download_button("Download results (CSV)", table.to_csv(index=False), file_name="cxrad_results.csv",
                            mime="text/csv")
     for r in results:
