@@ -59,12 +59,12 @@ def test_upload_gives_verdict_heatmap_table_and_an_error_beside_the_bad_file(app
     verdict = "ANOMALOUS" if expected.score > det.threshold_ else "NORMAL"
     assert any(f"Verdict: {verdict}" in m.value for m in app.markdown)
     assert _metric(app, "Anomaly score") == f"{expected.score:.4g}"
-    assert _metric(app, "Percentile among normal images") == f"{expected.percentile:.0f}"
+    assert _metric(app, "Percentile among normals") == f"{expected.percentile:.0f}"
     captions = [c for im in app.image for c in im.captions]
     assert "Anomaly heatmap" in captions and "Uploaded image" in captions
     assert any(c.startswith("Reconstruction") for c in captions)
     (err,) = app.error
-    assert "broken.png" in err.value and "not a readable image" in err.value and "BytesIO" not in err.value
+    assert "broken\\.png" in err.value and "not a readable image" in err.value and "BytesIO" not in err.value
     table = app.dataframe[0].value
     assert list(table["file"]) == [xray[0], "broken.png"] and list(table["verdict"]) == [verdict.lower(), "error"]
     assert any(b.label == "Download results (CSV)" for b in app.get("download_button"))

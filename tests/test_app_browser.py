@@ -136,7 +136,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     raw = args.out.with_suffix(".raw.png")
     with running_app(Path(args.model), args.out.with_suffix(".log")) as url:
-        print(upload_and_check(url, args.image, raw, width=1300, height=1150))
+        print(upload_and_check(url, args.image, raw, width=1300, height=1200))
     # a 256-colour palette keeps the committed file small
     Image.open(raw).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(args.out, optimize=True)
     raw.unlink()

@@ -123,7 +123,7 @@ def test_operating_points(det, real_files, shared_data):
     labels = pd.read_csv(shared_data / "all_labels.csv", dtype=str, keep_default_na=False)
     abn = labels[(labels.source == "kermany224") & (labels.label == "abnormal") & (labels.orig_split == "train")]
     files = [(f"{i}.jpeg", (shared_data / f).read_bytes()) for i, f in enumerate(abn.file.head(10))]
-    scores, bad = logic.calibration_scores(det, files + [("bad.png", CORRUPT)])
+    scores, bad = logic.calibration_scores(logic.score_uploads(det, files + [("bad.png", CORRUPT)]))
     assert len(scores) == 10 and [r.name for r in bad] == ["bad.png"]
     for target in (0.5, 0.9):
         op = logic.threshold_for(det, "sensitivity", target=target, abnormal_scores=scores)

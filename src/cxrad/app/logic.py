@@ -226,10 +226,8 @@ def threshold_for(det, mode: str, rule: str | None = None, target: float | None 
     raise ValueError(f"unknown operating point {mode!r}; choose from {', '.join(OPERATING_POINTS)}")
 
 
-def calibration_scores(det, files: list[tuple[str, bytes]], max_bytes: int | None = None) \
-        -> tuple[np.ndarray, list[FileResult]]:
-    """Scores of confirmed-abnormal calibration uploads, and the files that could not be read."""
-    results = score_uploads(det, files, max_bytes)
+def calibration_scores(results: list[FileResult]) -> tuple[np.ndarray, list[FileResult]]:
+    """Scores of scored confirmed-abnormal calibration uploads, and the files that could not be read."""
     scores = np.array([r.score for r in results if not r.error], float)
     return scores, [r for r in results if r.error]
 

@@ -62,7 +62,7 @@ def choose_model():
     return f"{path.resolve()}:{meta.stat().st_mtime if meta.exists() else 0}", det
 
 
-def choose_operating_point(det, max_bytes: int):
+def choose_operating_point(det, model_key: str, max_bytes: int):
     st.sidebar.header("Operating point")
     mode = st.sidebar.radio("Operating point", logic.OPERATING_POINTS, format_func=MODE_LABELS.get,
                             label_visibility="collapsed")
@@ -73,14 +73,15 @@ def choose_operating_point(det, max_bytes: int):
                                         format_func=lambda k: f"{k} ({stored[k]:.4g})")
             return logic.threshold_for(det, "stored", rule=rule)
         if mode == "specificity":
-            target = st.sidebar.number_input("Target specificity", 0.5, 0.999, min(max(float(det.specificity), 0.5), 0.999), 0.01,
-                                             format="%.3f")
+            start = min(max(float(det.specificity), 0.5), 0.999)
+            target = st.sidebar.number_input("Target specificity", 0.5, 0.999, start, 0.01, format="%.3f")
             st.sidebar.caption(f"Quantile of {len(det.normal_scores_)} held-out normal validation scores.")
             return logic.threshold_for(det, "specificity", target=target)
         target = st.sidebar.number_input("Target sensitivity", 0.5, 0.999, 0.9, 0.01, format="%.3f")
         calib = st.sidebar.file_uploader("Calibration images known to be abnormal (not the ones to screen)",
                                          accept_multiple_files=True, key="calibration")
-        scores, bad = logic.calibration_scores(det, [(f.name, f.getvalue()) for f in calib or []], max_bytes)
+        files = [(f.name, f.getvalue()) for f in calib or []]
+        scores, bad = logic.calibration_scores(score_cached(det, model_key, files, max_bytes, "scored_calibration"))
         for r in bad:
             st.sidebar.error(f"{md(r.name)}: {r.error}")
         return logic.threshold_for(det, "sensitivity", target=target, abnormal_scores=scores)
@@ -90,9 +91,9 @@ def choose_operating_point(det, max_bytes: int):
         return None
 
 
-def score_cached(det, model_key: str, files: list[tuple[str, bytes]], max_bytes: int):
+def score_cached(det, model_key: str, files: list[tuple[str, bytes]], max_bytes: int, slot: str = "scored"):
     """Score only the files not seen with this model in this session; keep just the current ones."""
-    cache = st.session_state.setdefault("scored", {})
+    cache = st.session_state.setdefault(slot, {})
     keys = [(model_key, name, logic.file_key(data), max_bytes) for name, data in files]
     todo = [i for i, k in enumerate(keys) if k not in cache]
     if todo:
@@ -100,7 +101,7 @@ def score_cached(det, model_key: str, files: list[tuple[str, bytes]], max_bytes:
             fresh = logic.score_uploads(det, [files[i] for i in todo], max_bytes)
         cache.update({keys[i]: r for i, r in zip(todo, fresh)})
     results = [cache[k] for k in keys]
-    st.session_state["scored"] = dict(zip(keys, results))
+    st.session_state[slot] = dict(zip(keys, results))
     return results
 
 
@@ -108,9 +109,9 @@ def show_result(r: logic.FileResult, op, det) -> None:
     with st.container(border=True):
         if r.error:
             st.markdown(f"**{md(r.name)}**")
-            st.error(f"Could not score {r.name}: {r.error}")
+            st.error(f"Could not score {md(r.name)}: {r.error}")
             return
-        head, verdict = st.columns([3, 2])
+        head, verdict = st.columns([2, 3])
         head.markdown(f"**{md(r.name)}**")
         if r.anomalous is None:
             verdict.markdown("Verdict: (no operating point)")
@@ -125,11 +126,11 @@ def show_result(r: logic.FileResult, op, det) -> None:
         else:
             cols[1].info("This model draws no anomaly map.")
         if r.reconstruction is not None:
-            cols[2].image(r.reconstruction, caption=f"Reconstruction ({det.image_size} px model input)",
+            cols[2].image(r.reconstruction, caption=f"Reconstruction ({det.image_size} px)",
                           width="stretch")
         cols[3].metric("Anomaly score", f"{r.score:.4g}",
                        help="Higher is more anomalous; compare it with the threshold.")
-        cols[3].metric("Percentile among normal images", f"{r.percentile:.0f}",
+        cols[3].metric("Percentile among normals", f"{r.percentile:.0f}",
                        help=f"Percent of the model's {len(det.normal_scores_)} held-out normal validation "
                        "images that score at or below this one.")
         if op is not None:
@@ -143,7 +144,7 @@ def main() -> None:
     max_mb = int(os.environ.get(ENV_MAX_MB, logic.DEFAULT_MAX_UPLOAD_MB))
     max_bytes = logic.max_upload_bytes(max_mb)
     model_key, det = choose_model()
-    op = choose_operating_point(det, max_bytes)
+    op = choose_operating_point(det, model_key, max_bytes)
 
     uploads = st.file_uploader(f"Chest X-rays: PNG, JPEG or DICOM, up to {max_mb} MB each, "
                                f"at most {logic.MAX_FILES} at a time",
