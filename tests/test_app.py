@@ -12,7 +12,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from cxrad.app import logic  # noqa: E402
-from cxrad.app.launch import ENV_MODEL  # noqa: E402
+from cxrad.app.launch import ENV_MAX_MB, ENV_MODEL, streamlit_command  # noqa: E402
 
 SCRIPT = Path(logic.__file__).with_name("streamlit_app.py")
 CORRUPT = b"\x89PNG\r\n\x1a\n" + b"truncated garbage" * 30
@@ -46,6 +46,17 @@ def test_page_shows_the_note_and_the_model_from_the_environment(app, tiny_cae_bu
     stored = [s for s in app.selectbox if s.label == "Stored threshold"][0]
     assert stored.value == "quantile"
     assert len(app.file_uploader) == 1 and app.file_uploader[0].accept_multiple_files
+    assert app.file_uploader[0].proto.max_upload_size_mb == logic.DEFAULT_MAX_UPLOAD_MB
+
+
+def test_the_upload_cap_reaches_the_page(tiny_cae_bundle, monkeypatch, xray):
+    monkeypatch.setenv(ENV_MODEL, str(tiny_cae_bundle))
+    monkeypatch.setenv(ENV_MAX_MB, "1")
+    at = AppTest.from_file(str(SCRIPT), default_timeout=120).run()
+    assert at.file_uploader[0].proto.max_upload_size_mb == 1
+    big = xray[1] + b"\0" * (1024 * 1024)  # a valid JPEG padded past 1 MB
+    at.file_uploader[0].set_value((xray[0], big, "image/jpeg")).run()
+    assert any("too large" in e.value for e in at.error)
 
 
 def test_upload_gives_verdict_heatmap_table_and_an_error_beside_the_bad_file(app, xray, tiny_cae_bundle):
@@ -126,3 +137,6 @@ def test_cxrad_app_rejects_a_missing_model_before_starting(tmp_path, capsys):
     assert main(["app", "--model", str(tmp_path / "nope")]) == 1
     assert "no such model bundle" in capsys.readouterr().err
     assert main(["app", "--port", "0"]) == 1
+    cmd = streamlit_command(8600, 12)  # what `cxrad app` runs: local only, uploads capped
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--server.maxUploadSize") + 1] == "12"
