@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    from .app.launch import add_app_command
+    add_app_command(sub)
     return parser
 
 

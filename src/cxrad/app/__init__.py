@@ -1,0 +1,1 @@
+"""The screening dashboard: ``cxrad app`` (Streamlit). ``logic`` holds everything testable without Streamlit."""
