@@ -40,8 +40,9 @@ class AEUDetector(Detector):
         device = resolve_device(self.device)
         model = self._net().to(device)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr, betas=(0.5, 0.999))
-        ckpt = Checkpointer(self.checkpoint_dir, every=5)
-        start, history = ckpt.resume({"model": model, "opt": opt})
+        ckpt = Checkpointer(self.checkpoint_dir, every=5, key=self._run_key(train, val))
+        state = {"model": model, "opt": opt, "gen": gen}
+        start, history = ckpt.resume(state)
         history = history or {"train_loss": [], "val_loss": []}
         x_val = normalise(to_tensor(val, 1, device))
         for epoch in progress_bar(range(start, self.epochs), self.progress, desc="AE-U epochs", initial=start,
@@ -65,7 +66,7 @@ class AEUDetector(Detector):
                 mu, logvar = model(x_val)
                 history["val_loss"].append((torch.exp(-logvar) * (x_val - mu) ** 2 + logvar).mean().item())
             history["train_loss"].append(total / len(train))
-            ckpt.save(epoch, {"model": model, "opt": opt}, history)
+            ckpt.save(epoch, state, history, force=epoch == self.epochs - 1)
         self.model_ = model.eval()
         self.history_ = history
 
