@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never open a window, whatever the user's default backend is
 
 import numpy as np  # noqa: E402
+from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -226,8 +227,9 @@ def tsne_map(features: np.ndarray, labels, path, groups=None, seed: int = 0, tit
             m = (y == cls) & (g == name)
             if m.any():
                 label = CLASS_NAMES[cls] + (f" / {name}" if len(names) > 1 else "") + f" (n={m.sum()})"
-                ax.scatter(xy[m, 0], xy[m, 1], s=22, c=CLASS_COLOURS[cls], marker=markers[j % len(markers)],
-                           alpha=0.75, edgecolors="none", label=label)
+                ax.scatter(xy[m, 0], xy[m, 1], s=26, color=to_rgba(CLASS_COLOURS[cls], 0.6),
+                           marker=markers[j % len(markers)], edgecolors=CLASS_COLOURS[cls], linewidths=1.2,
+                           label=label)  # see-through fill, solid rim: overlaps stay visible
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or f"t-SNE of detector features ({len(x)} images, perplexity {perplexity:g})")
