@@ -42,9 +42,23 @@ def cmd_report(args) -> int:
     df = _manifest(args)
     rep = build_report(det, df, Path(args.out), examples=args.examples, max_tsne=args.max_tsne, seed=args.seed,
                        cache_dir=args.cache_dir, progress=not args.quiet, title=args.title,
-                       command=shlex.join(["cxrad", *sys.argv[1:]]) if Path(sys.argv[0]).name == "cxrad" else None)
+                       command=_command_line(args))
     print(format_metrics({**rep.metrics, "tables": {}}))
     for note in rep.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {rep.html} and {len(rep.figures)} figure(s) under {Path(args.out)}/")
     return EXIT_SOME_FAILED if rep.metrics.get("n_errors") else EXIT_OK
+
+
+def _command_line(args) -> str:
+    """The settings that shape the report, as a command to paste (config files and caches left out)."""
+    words = ["cxrad", "report"]
+    for flag in ("model", "data", "data_kind", "split", "out", "examples", "max_tsne", "seed",
+                 "target_specificity", "threshold_value"):
+        value = getattr(args, flag, None)
+        if value is not None and not (flag == "data_kind" and value == "auto"):
+            words += [f"--{flag.replace('_', '-')}", str(value)]
+    for flag in ("normal", "abnormal"):
+        if getattr(args, flag, None):
+            words += [f"--{flag}", *args.__dict__[flag]]
+    return shlex.join(words)

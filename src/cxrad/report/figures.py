@@ -88,9 +88,9 @@ def examples(images: np.ndarray, titles: list[str], path, title: str, reconstruc
     if reconstructions is not None:
         rows.append(("reconstruction", "recon"))
         if maps is not None:
-            rows.append(("residual (anomaly map)", "map"))
+            rows.append(("residual", "map"))
     elif maps is not None:
-        rows += [("anomaly map", "map"), ("map over input", "overlay")]
+        rows += [("anomaly map", "map"), ("map on input", "overlay")]
     axes = fig.subplots(len(rows), max(k, 1), squeeze=False)
     vmax = map_max if map_max else (float(np.percentile(maps, 99.5)) if maps is not None and np.size(maps)
                                     else 1.0)
@@ -105,7 +105,7 @@ def examples(images: np.ndarray, titles: list[str], path, title: str, reconstruc
                 continue
             if what == "input":
                 ax.imshow(images[c], cmap="gray", vmin=0, vmax=255)
-                ax.set_title(titles[c], fontsize=8)
+                ax.set_title(titles[c], fontsize=10.5)
             elif what == "recon":
                 ax.imshow(reconstructions[c], cmap="gray", vmin=0, vmax=1)
             elif what == "map":
@@ -114,14 +114,14 @@ def examples(images: np.ndarray, titles: list[str], path, title: str, reconstruc
                 ax.imshow(images[c], cmap="gray", vmin=0, vmax=255)
                 ax.imshow(maps[c], cmap="inferno", vmin=0, vmax=vmax, alpha=0.5)  # colour bar from the map row
             if c == 0:
-                ax.set_ylabel(label, fontsize=9)
-    fig.subplots_adjust(left=0.04, right=0.9, top=0.84, bottom=0.02, wspace=0.08, hspace=0.12)
+                ax.set_ylabel(label, fontsize=11)
+    fig.subplots_adjust(left=0.045, right=0.9, top=0.8, bottom=0.02, wspace=0.08, hspace=0.1)
     if heat is not None:
         bottom = axes[-1, 0].get_position()
         fig.colorbar(heat, cax=fig.add_axes([0.92, bottom.y0, 0.015, bottom.height]), label="anomaly")
     if k == 0:
         axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=15)
     return _save(fig, path)
 
 

@@ -25,9 +25,13 @@ h2 { font-size: 19px; border-bottom: 2px solid #c9ced8; padding-bottom: 4px; mar
 figure { background: #fff; border: 1px solid #d6dae2; border-radius: 6px; margin: 10px 0; padding: 8px; }
 figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
 figcaption { font-size: 13px; color: #414857; margin-top: 6px; }
-.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 10px; }
+.grid { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 10px; }
+.row { display: flex; gap: 16px; align-items: flex-start; }
+.row > figure { flex: 0 0 auto; width: 560px; margin-top: 0; }
+.row > div { flex: 1 1 auto; min-width: 0; overflow-x: auto; }
+.row h3:first-child { margin-top: 0; }
 table.data { border-collapse: collapse; background: #fff; font-size: 13px; margin: 8px 0 14px; }
-table.data th, table.data td { border: 1px solid #d6dae2; padding: 4px 8px; text-align: right; }
+table.data th, table.data td { border: 1px solid #d6dae2; padding: 4px 8px; text-align: right; white-space: nowrap; }
 table.data th { background: #e9ecf2; }
 table.data td:first-child, table.data th:first-child { text-align: left; }
 ul.notes li { margin: 3px 0; }
@@ -134,7 +138,7 @@ def render(det, result: dict, tables: dict, figures: dict, notes: list[str], n_e
     parts += [_figure(f"examples_{c}_{end}", figures) for c in ("normal", "abnormal") for end in ("most", "least")]
     parts += ["</div>", "<h2>Scores and thresholds</h2>", _figure("score_densities", figures),
               _figure("roc_pr", figures), "<h2>Features</h2>", _figure("tsne", figures),
-              "<h2>Verdicts</h2>", '<div class="grid">', _figure("confusion_matrix", figures), "<div>"]
+              "<h2>Verdicts</h2>", '<div class="row">', _figure("confusion_matrix", figures), "<div>"]
     for name in ("recall_auroc", "class_means"):
         if name in tables and len(tables[name]):
             head, text = TABLE_TITLES[name]
