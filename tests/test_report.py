@@ -107,6 +107,7 @@ def test_detector_without_reconstruction_features_or_history(tiny_cae_bundle, sa
     def no_features(images):
         raise NotImplementedError("no features")
     det.reconstruct, det.features, det.history_ = (lambda images: None), no_features, {}
+    det.set_threshold(specificity=0.8)  # a second stored threshold, now the active one
     test = sample_manifest[sample_manifest["orig_split"] == "test"]
     part = pd.concat([test[test["label"] == 0].head(10), test[test["label"] == 1].head(10)])
     images = load_images(part, det.prep, cache_dir=cache_dir)
@@ -120,6 +121,9 @@ def test_detector_without_reconstruction_features_or_history(tiny_cae_bundle, sa
     rgb = _assert_not_blank(path)
     assert _near(rgb, (252, 255, 164), 40) + _near(rgb, (0, 0, 4), 10) > 50  # inferno heatmap colours
     assert rep.metrics["n"] == 20 and "not a diagnostic device" in rep.html.read_text()
+    table = rep.tables["recall_auroc"]
+    assert set(table["threshold_rule"]) == {"quantile", "specificity@0.8"}
+    assert table.loc[table["active"], "threshold_rule"].tolist() == ["specificity@0.8"]
 
 
 def test_report_rejects_images_at_the_wrong_size(tiny_cae_bundle, tmp_path):
@@ -138,7 +142,7 @@ def test_report_renders_in_headless_chromium(cli_report, tmp_path):
     shot = tmp_path / "shot.png"
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+           "--hide-scrollbars", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
            "--window-size=1280,2000", (cli_report / "report.html").resolve().as_uri()]
     subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     assert shot.exists(), "chromium wrote no screenshot"

@@ -30,13 +30,15 @@ def add_parser(sub, common) -> None:
 
 
 def cmd_report(args) -> int:
-    from ..cli import EXIT_OK, EXIT_SOME_FAILED, UserError, _apply_operating_point, _manifest, format_metrics
+    # errors are ValueErrors: main() reports them in one line even when cli.py runs as __main__
+    from ..cli import EXIT_OK, EXIT_SOME_FAILED, _apply_operating_point, _manifest, format_metrics
+    from ..data import DataError
     from . import _load_model, build_report
 
     if not args.data:
-        raise UserError("--data is required (a labelled dataset with normal and abnormal images)")
+        raise DataError("--data is required (a labelled dataset with normal and abnormal images)")
     if args.examples < 1:
-        raise UserError("--examples must be at least 1")
+        raise ValueError("--examples must be at least 1")
     det = _load_model(args.model, args.device)
     _apply_operating_point(det, args)
     df = _manifest(args)

@@ -26,10 +26,8 @@ figure { background: #fff; border: 1px solid #d6dae2; border-radius: 6px; margin
 figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
 figcaption { font-size: 13px; color: #414857; margin-top: 6px; }
 .grid { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 10px; }
-.row { display: flex; gap: 16px; align-items: flex-start; }
-.row > figure { flex: 0 0 auto; width: 560px; margin-top: 0; }
-.row > div { flex: 1 1 auto; min-width: 0; overflow-x: auto; }
-.row h3:first-child { margin-top: 0; }
+figure.narrow { width: 580px; }
+.tables { overflow-x: auto; }
 table.data { border-collapse: collapse; background: #fff; font-size: 13px; margin: 8px 0 14px; }
 table.data th, table.data td { border: 1px solid #d6dae2; padding: 4px 8px; text-align: right; white-space: nowrap; }
 table.data th { background: #e9ecf2; }
@@ -83,10 +81,10 @@ def table_html(df: pd.DataFrame) -> str:
     return body.to_html(index=False, classes="data", border=0, escape=True)
 
 
-def _figure(name: str, figures: dict) -> str:
+def _figure(name: str, figures: dict, css: str = "") -> str:
     if name not in figures:
         return ""
-    return (f'<figure id="fig-{name}"><img alt="{name}" src="{data_uri(figures[name])}">'
+    return (f'<figure id="fig-{name}" class="{css}"><img alt="{name}" src="{data_uri(figures[name])}">'
             f"<figcaption>{_html.escape(CAPTIONS.get(name, ''))} <code>{name}.png</code></figcaption></figure>")
 
 
@@ -138,16 +136,17 @@ def render(det, result: dict, tables: dict, figures: dict, notes: list[str], n_e
     parts += [_figure(f"examples_{c}_{end}", figures) for c in ("normal", "abnormal") for end in ("most", "least")]
     parts += ["</div>", "<h2>Scores and thresholds</h2>", _figure("score_densities", figures),
               _figure("roc_pr", figures), "<h2>Features</h2>", _figure("tsne", figures),
-              "<h2>Verdicts</h2>", '<div class="row">', _figure("confusion_matrix", figures), "<div>"]
+              "<h2>Verdicts</h2>", _figure("confusion_matrix", figures, "narrow"), '<div class="tables">']
     for name in ("recall_auroc", "class_means"):
         if name in tables and len(tables[name]):
             head, text = TABLE_TITLES[name]
             parts += [f'<h3 id="table-{name}">{e(head)}</h3><p class="sub">{e(text)}</p>', table_html(tables[name])]
-    parts.append("</div></div><h2>Breakdown</h2>")
+    parts.append('</div><h2>Breakdown</h2><div class="tables">')
     for name in ("by_source", "by_finding"):
         if name in tables and len(tables[name]):
             head, text = TABLE_TITLES[name]
             parts += [f'<h3 id="table-{name}">{e(head)}</h3><p class="sub">{e(text)}</p>', table_html(tables[name])]
+    parts.append("</div>")
     if notes:
         parts += ["<h2>Notes</h2>", '<ul class="notes">'] + [f"<li>{e(n)}</li>" for n in notes] + ["</ul>"]
     if command:
