@@ -152,3 +152,13 @@ def test_report_renders_in_headless_chromium(cli_report, tmp_path):
     assert _near(rgb, (0xFF, 0xF4, 0xD6), 3) > 5000  # the research-tool notice box: the CSS was applied
     assert _near(rgb, BLUE, 25) > 300  # the loss curve and figures were decoded and drawn
     assert _near(rgb, (0, 0, 4), 12) + _near(rgb, (252, 255, 164), 40) > 500  # residual heatmaps
+
+
+def test_tsne_subsample_keeps_class_proportions(sample_manifest):
+    from cxrad.report import _tsne_sample
+    ok = sample_manifest.reset_index(drop=True)
+    idx = _tsne_sample(ok, 40, seed=0)
+    assert len(idx) <= 41 and len(set(idx)) == len(idx)
+    share = ok.loc[idx, "label"].mean()
+    assert abs(share - ok["label"].mean()) < 0.05
+    assert (_tsne_sample(ok, 10_000, seed=0) == ok.index.to_numpy()).all()

@@ -166,10 +166,12 @@ def build_report(model, data, out_dir, *, examples: int = 4, max_tsne: int = 100
     columns = {"score": ok["score"].to_numpy(float)}
     columns.update({c: ok[c].to_numpy(float) for c in det.components if c in ok})
     lines = {"score": dict(det.thresholds_)}
-    for key, value in (result.get("component_thresholds") or {}).items():
-        comp = next((c for c in det.components if key.startswith(c)), None)
-        if comp:
-            lines.setdefault(comp, {})[f"{key} ({det.threshold_rule_})"] = float(value)
+    if hasattr(det, "component_thresholds"):  # e.g. the CAE's error-above / density-below pair per threshold
+        for rule, t in det.thresholds_.items():
+            for key, value in det.component_thresholds(t).items():
+                comp = next((c for c in det.components if key.startswith(c)), None)
+                if comp:
+                    lines.setdefault(comp, {})[rule] = float(value)
     figs["score_densities"] = F.score_densities(y, columns, lines, out / "score_densities.png",
                                                 active=det.threshold_rule_)
 

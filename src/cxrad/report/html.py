@@ -43,8 +43,8 @@ CAPTIONS = {
     "examples_abnormal_most": "Abnormal images the detector found most anomalous.",
     "examples_abnormal_least": "Abnormal images the detector found least anomalous (missed-finding candidates).",
     "score_densities": "Score densities per class (histogram and Gaussian KDE) with every stored threshold; the "
-                       "active one is the solid black line. Component panels show the component thresholds "
-                       "implied by the active score threshold.",
+                       "active one is the solid black line. Component panels show the component thresholds each "
+                       "score threshold implies (for the CAE: reconstruction error above, log-density below).",
     "roc_pr": "ROC and precision-recall curves; markers are the operating points of the stored thresholds "
               "(star: active).",
     "tsne": "t-SNE map of the detector's features (e.g. CAE latents), coloured by class; marker shape by source.",
