@@ -39,12 +39,19 @@ def detector_class(kind: str):
     return getattr(importlib.import_module(module), cls)
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -71,6 +78,7 @@ def save_bundle(path, kind: str, meta: dict, tensors: dict[str, torch.Tensor]) -
     os.close(fd)
     try:
         save_file(clean, tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path / TENSOR_FILE)
     finally:
         if os.path.exists(tmp):

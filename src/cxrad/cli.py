@@ -173,12 +173,13 @@ def _print(table, as_json: bool) -> None:
 
 
 def evaluate_model(det, df, out: Path | None, cache_dir=None, progress=False) -> dict:
-    """Score a labelled manifest and compute every metric; writes scores/metrics files when ``out`` is set."""
+    """Score a labelled manifest (or an already loaded ImageSet) and compute every metric; writes
+    scores/metrics files when ``out`` is set."""
     from .bundle import atomic_write_text
-    from .data import load_images
+    from .data import ImageSet, load_images
     from .metrics import breakdown, class_means, evaluate
 
-    images = load_images(df, det.prep, cache_dir=cache_dir, progress=progress)
+    images = df if isinstance(df, ImageSet) else load_images(df, det.prep, cache_dir=cache_dir, progress=progress)
     table = det.score(images)
     ok = table[table["error"] == ""]
     result = {"model": det.kind, "threshold_rule": det.threshold_rule_,
@@ -198,6 +199,7 @@ def evaluate_model(det, df, out: Path | None, cache_dir=None, progress=False) ->
             atomic_write_text(out / f"{name}.csv", t.to_csv(index=False))
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
     result["tables"] = tables
+    result["scores"] = table  # per-image rows (image rows first, in ImageSet order), for reports
     return result
 
 
@@ -322,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
+    from .report.cli import add_parser as add_report_parser
+    add_report_parser(sub, common)
     from .app.launch import add_app_command
     add_app_command(sub)
     return parser
