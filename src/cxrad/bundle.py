@@ -39,10 +39,14 @@ def detector_class(kind: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def _umask_mode() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+# read once at import: os.umask is process-wide, so toggling it later would race with writer threads
+FILE_MODE = 0o666 & ~_read_umask()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -51,7 +55,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600 files
+        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -78,7 +82,7 @@ def save_bundle(path, kind: str, meta: dict, tensors: dict[str, torch.Tensor]) -
     os.close(fd)
     try:
         save_file(clean, tmp)
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path / TENSOR_FILE)
     finally:
         if os.path.exists(tmp):
