@@ -21,6 +21,7 @@ META_FILE, TENSOR_FILE = "model.json", "model.safetensors"
 DETECTORS = {
     "cae": "cxrad.models.cae:CAEDetector",
     "aeu": "cxrad.models.aeu:AEUDetector",
+    "dae": "cxrad.models.dae:DAEDetector",
 }
 
 

@@ -28,8 +28,12 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def to_tensor(images: np.ndarray, channels: int = 1, device=None) -> torch.Tensor:
-    """uint8 (N, H, W) -> float (N, C, H, W) in [0, 1]; grey is repeated to C channels."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device=device).float().div_(255.0).unsqueeze(1)
+    """(N, H, W) -> float (N, C, H, W); uint8 is scaled to [0, 1], float arrays pass as they are (already
+    normalised); grey is repeated to C channels."""
+    images = np.asarray(images)
+    x = torch.tensor(images, device=device).float().unsqueeze(1)  # a copy: memory-mapped arrays are read-only
+    if images.dtype == np.uint8:
+        x.div_(255.0)
     return x.expand(-1, channels, -1, -1).contiguous() if channels > 1 else x
 
 

@@ -1,16 +1,18 @@
 """Intensity normalisation and train-time augmentation shared by the from-scratch detectors."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    """Per image: map the 1st-99th intensity percentiles to [-1, 1] (exposure differs between machines)."""
-    flat = x.flatten(1)
-    lo = torch.quantile(flat, 0.01, dim=1).view(-1, 1, 1, 1)
-    hi = torch.quantile(flat, 0.99, dim=1).view(-1, 1, 1, 1)
-    return ((x - lo) / (hi - lo).clamp_min(1e-3) * 2 - 1).clamp(-1.5, 1.5)
+def normalise(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W) -> float32 (N, H, W): per image, the 1st-99th intensity percentiles map to [-1, 1]
+    (exposure differs between machines). Done once per array, not per batch: percentiles are costly."""
+    x = np.asarray(images, dtype=np.float32) / 255.0
+    lo, hi = np.percentile(x.reshape(len(x), -1), [1, 99], axis=1)
+    span = np.maximum(hi - lo, 1e-3)[:, None, None]
+    return np.clip((x - lo[:, None, None]) / span * 2 - 1, -1.5, 1.5).astype(np.float32)
 
 
 def jitter(x: torch.Tensor, generator: torch.Generator, shift: float = 0.05, intensity: float = 0.1) -> torch.Tensor:

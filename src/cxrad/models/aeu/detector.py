@@ -44,7 +44,7 @@ class AEUDetector(Detector):
         state = {"model": model, "opt": opt, "gen": gen}
         start, history = ckpt.resume(state)
         history = history or {"train_loss": [], "val_loss": []}
-        x_val = normalise(to_tensor(val, 1, device))
+        train, x_val = normalise(train), to_tensor(normalise(val), 1, device)
         for epoch in progress_bar(range(start, self.epochs), self.progress, desc="AE-U epochs", initial=start,
                                   total=self.epochs):
             model.train()
@@ -52,7 +52,7 @@ class AEUDetector(Detector):
             for idx in batches(len(train), self.batch_size, shuffle=True, generator=gen):
                 if len(idx) < 2:
                     continue  # BatchNorm1d needs two samples
-                x = normalise(to_tensor(train[idx], 1, device))
+                x = to_tensor(train[idx], 1, device)
                 if self.augment:
                     x = jitter(x, gen)
                 mu, logvar = model(x)
@@ -72,12 +72,11 @@ class AEUDetector(Detector):
 
     def _forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
         def fn(x):
-            x = normalise(x)
             mu, logvar = self.model_(x)
             sq = (x - mu) ** 2
             return {"mse": sq.mean((1, 2, 3)), "weighted": (torch.exp(-logvar) * sq).mean((1, 2, 3)),
                     "map": (torch.exp(-logvar) * sq)[:, 0], "recon": (mu[:, 0] + 1) / 2}
-        return map_batches(fn, images, 128, 1, next(self.model_.parameters()).device)
+        return map_batches(fn, normalise(images), 128, 1, next(self.model_.parameters()).device)
 
     def _score(self, images: np.ndarray) -> dict[str, np.ndarray]:
         out = self._forward(images)
@@ -91,7 +90,7 @@ class AEUDetector(Detector):
         return np.clip(self._forward(images)["recon"], 0, 1)
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        return map_batches(lambda x: {"z": self.model_.encoder(normalise(x))}, images, 128, 1,
+        return map_batches(lambda x: {"z": self.model_.encoder(x)}, normalise(images), 128, 1,
                            next(self.model_.parameters()).device)["z"]
 
     def _tensors(self) -> dict[str, torch.Tensor]:
