@@ -1,0 +1,98 @@
+"""Evaluate a trained bundle on every benchmark protocol's test split, write its model card, and copy it
+into the package as a shipped model.
+
+    python tools/ship_model.py runs/pretrained/dae-cxr-64 dae-cxr-64 --default \
+        --command "cxrad train --data runs/default_train.csv --detector dae ..."
+
+The bundle must have been trained on `tools/default_training_manifest.py`'s images (kermany224 train normals
++ nih_cxr14_talo train normals): every test split below is then disjoint from its training images, and
+no TB image is ever part of a shipped model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from cxrad.bundle import atomic_write_text, load_detector, read_meta
+from cxrad.cli import evaluate_model
+from cxrad.pretrained import PRETRAINED_DIR
+from cxrad.protocols import PROTOCOLS, load_protocol
+
+DISCLAIMER = ("**A research tool, not a diagnostic device.** It has not been validated for clinical use; "
+              "its verdicts must not guide the care of any patient.")
+
+
+def card(name: str, meta: dict, results: dict, command: str, machine: str) -> str:
+    p, td = meta["params"], meta["training_data"]
+    rows = []
+    for proto, r in results.items():
+        lo, hi = r["auroc_ci"]
+        rows.append(f"| {proto} | {r['n_normal']} / {r['n_abnormal']} | {r['auroc']:.3f} ({lo:.3f}–{hi:.3f}) | "
+                    f"{r['auprc']:.3f} | {r['sensitivity']:.3f} | {r['specificity']:.3f} |")
+    return f"""# Model card: `{name}`
+
+{DISCLAIMER}
+
+- **Detector**: `{meta['kind']}` ({meta.get('architecture', {}).get('name', meta['kind'])}); settings:
+  {', '.join(f'{k}={v}' for k, v in p.items())}
+- **Training data**: {td['n_train']} normal chest X-rays for training and {td['n_val']} held out (by patient) for
+  the normal score distribution and the threshold: the kermany224 publisher-train NORMAL images (Kermany et al.
+  2018, CC BY 4.0, paediatric) and 60% of the nih_cxr14_talo "No Finding" patients (NIH ChestX-ray14, adult),
+  duplicates removed by content hash. No abnormal image, and no image of the NLM TB sets, was used.
+  Training-data fingerprint (SHA-256 over the sorted image hashes): `{td['fingerprint']}`.
+- **Preprocessing**: grey, {meta['preprocessing']['size']}x{meta['preprocessing']['size']} px
+  ({meta['preprocessing']['resize']}), per-image 1st-99th percentile intensity scaling inside the detector.
+- **Made by**: `{command}` on {machine}.
+- **Threshold**: `{meta['threshold_rule']}` = {meta['threshold']:.4g} (95% specificity on held-out normal images).
+
+## Evaluation (image-level, test splits disjoint from the training images)
+
+| protocol | normal / abnormal | AUROC (95% bootstrap CI) | AUPRC | sensitivity | specificity |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Protocols are defined in `cxrad.protocols`: kermany224 = the publisher's test split (paediatric pneumonia);
+tb = held-out Shenzhen/Montgomery normals + all TB (never seen in training; an adult set from other sites);
+nih = held-out NIH normals + NIH pneumonia; covid = held-out NIH normals vs Hannover COVID-19 (cross-site:
+can be won by recognising the hospital). Sensitivity and specificity are at the stored threshold.
+
+## Intended use and limits
+
+For research: benchmarking, triage experiments, and as a starting point to fine-tune on a site's own normal
+films (`cxrad train`). It flags images that look unlike its training normals, which includes technical
+differences (exposure, devices, positioning, a new scanner) as well as disease. Performance on a new site must be
+measured there. Trained on CPU with a short schedule; see `docs/detectors.md` for how it compares.
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle")
+    ap.add_argument("name")
+    ap.add_argument("--default", action="store_true", help="make it the default model")
+    ap.add_argument("--command", required=True, help="the cxrad train command that made it")
+    ap.add_argument("--machine", default="CPU, 2 cores")
+    ap.add_argument("--cache-dir", default=".cache/cxrad")
+    args = ap.parse_args()
+    det = load_detector(args.bundle, device="cpu")
+    results = {}
+    for proto in PROTOCOLS:
+        r = evaluate_model(det, load_protocol(proto).test, None, cache_dir=args.cache_dir)
+        results[proto] = {k: v for k, v in r.items() if k not in ("tables", "scores")}
+        print(f"{proto}: AUROC {r['auroc']:.3f} {r['auroc_ci']}", flush=True)
+    dest = PRETRAINED_DIR / args.name
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(args.bundle, dest, ignore=shutil.ignore_patterns("checkpoint", "errors.*"))
+    meta = read_meta(dest)
+    atomic_write_text(dest / "MODEL_CARD.md", card(args.name, meta, results, args.command, args.machine))
+    atomic_write_text(dest / "evaluation.json", json.dumps(results, indent=1))
+    if args.default:
+        atomic_write_text(PRETRAINED_DIR / "default.json", json.dumps({"default": args.name}) + "\n")
+    print(f"shipped {dest}")
+
+
+if __name__ == "__main__":
+    main()
