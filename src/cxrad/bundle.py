@@ -22,6 +22,7 @@ DETECTORS = {
     "cae": "cxrad.models.cae:CAEDetector",
     "aeu": "cxrad.models.aeu:AEUDetector",
     "dae": "cxrad.models.dae:DAEDetector",
+    "regional": "cxrad.models.regional:RegionalDetector",
 }
 
 
