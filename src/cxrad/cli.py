@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -228,8 +229,6 @@ def cmd_evaluate(args) -> int:
     det = _resolve_model(args.model, args.device)
     _apply_operating_point(det, args)
     df = _manifest(args)
-    if args.calibrate_rule:
-        raise UserError("set labelled thresholds at training time with --calibration-data, not on test data")
     result = evaluate_model(det, df, Path(args.out) if args.out else None, _cache_dir(args), not args.quiet)
     print(format_metrics(result))
     return EXIT_SOME_FAILED if result["n_errors"] else EXIT_OK
@@ -310,7 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for scores.csv/json, metrics.json and the breakdown tables")
     p.add_argument("--target-specificity", type=float, help="operating point on normal validation scores")
     p.add_argument("--threshold-value", type=float, help="operating point: a fixed score threshold")
-    p.add_argument("--calibrate-rule", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="train, score and evaluate on the bundled sample images",
@@ -344,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--data is required (or give 'data:' in --config)")
         return args.func(args)
     except (UserError, DataError, BundleError, NotFittedError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        if os.environ.get("CXRAD_DEBUG"):  # developers want the traceback
+            raise
         print(f"cxrad: error: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:
