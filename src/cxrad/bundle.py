@@ -20,6 +20,8 @@ META_FILE, TENSOR_FILE = "model.json", "model.safetensors"
 # detector kind -> "module:Class"; imported lazily so a bundle never names arbitrary code.
 DETECTORS = {
     "cae": "cxrad.models.cae:CAEDetector",
+    "anogan": "cxrad.models.anogan:AnoGANDetector",
+    "fanogan": "cxrad.models.anogan:FAnoGANDetector",
 }
 
 
