@@ -197,7 +197,7 @@ class AnoGANDetector(_GANDetector):
             z = z_all[idx].clone().to(device).requires_grad_(True)
             opt = torch.optim.Adam([z], lr=self.map_lr)
             bad = torch.zeros(len(idx), dtype=torch.bool, device=device)
-            for _ in range(iters):
+            for _ in progress_bar(range(iters), self.progress, desc=f"mapping {len(idx)} images", leave=False):
                 loss = self._mapping_loss(x, fx, G(z))[2]
                 bad |= ~torch.isfinite(loss)
                 if bad.all():
