@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     lines = ["# AnoGAN latent mapping vs f-AnoGAN: seconds per image", "",
              f"{n} kermany224 sample images at {args.image_size} px, DCGAN width {args.width}, z length "
              f"{args.z_dim}, on {device_name(device)}; torch {torch.__version__}. The machine's load "
-             f"average when it finished: {_load()}.", "",
+             f"average when it finished: {_load()}; wall seconds depend on other load on the machine, this "
+             "process's CPU seconds much less so.", "",
              "| method | mapping iterations | seconds per image (wall) | CPU seconds per image | "
              "speed-up vs one at a time (wall) |",
              "|---|---|---|---|---|"]
