@@ -23,6 +23,8 @@ DETECTORS = {
     "aeu": "cxrad.models.aeu:AEUDetector",
     "dae": "cxrad.models.dae:DAEDetector",
     "regional": "cxrad.models.regional:RegionalDetector",
+    "anogan": "cxrad.models.anogan:AnoGANDetector",
+    "fanogan": "cxrad.models.anogan:FAnoGANDetector",
 }
 
 

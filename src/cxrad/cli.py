@@ -96,6 +96,8 @@ def cmd_train(args) -> int:
     from .bundle import detector_class
     from .data import load_images
 
+    if args.threshold not in ("quantile", "fixed") and not args.calibration_data:
+        raise UserError(f"the {args.threshold} threshold needs --calibration-data with abnormal images")
     df = _manifest(args)
     normals = df[df["label"] == 0]
     if normals.empty:

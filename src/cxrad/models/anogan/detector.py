@@ -1,0 +1,321 @@
+"""AnoGAN (latent mapping by back-propagation) and f-AnoGAN (a trained encoder) on one DCGAN.
+
+Both train a DCGAN on normal images only (``train_gan``), then score a query image by how well the
+generator can reproduce it: a pixel residual plus a residual on the discriminator's features.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...detector import Detector
+from ...training import (Checkpointer, batches, map_batches, progress_bar, resolve_device, seed_everything,
+                         to_tensor)
+from .model import Discriminator, Encoder, Generator, check_size
+
+OPTIMIZERS = ("adam", "rmsprop")
+
+
+def _signed(x01: torch.Tensor) -> torch.Tensor:
+    return x01 * 2 - 1
+
+
+class _GANDetector(Detector):
+    """What AnoGAN and f-AnoGAN share: the DCGAN, its training, persistence and the feature layer."""
+
+    components = ("residual", "discrimination")
+
+    def __init__(self, epochs: int = 100, z_dim: int = 100, width: int = 64, optimizer: str = "adam",
+                 lr_d: float = 2e-4, lr_g: float = 2e-4, **common):
+        common.setdefault("image_size", 64)
+        super().__init__(**common)
+        check_size(self.image_size)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        self.epochs, self.z_dim, self.width, self.optimizer = epochs, z_dim, width, optimizer
+        self.lr_d, self.lr_g = lr_d, lr_g
+
+    @property
+    def architecture(self) -> str:
+        return f"DCGAN {self.image_size}px, z {self.z_dim}, width {self.width}"
+
+    def _opt(self, params, lr: float) -> torch.optim.Optimizer:
+        if self.optimizer == "rmsprop":
+            return torch.optim.RMSprop(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))  # DCGAN's betas
+
+    def _ckpt_dir(self, part: str) -> Path | None:
+        return Path(self.checkpoint_dir) / part if self.checkpoint_dir else None
+
+    # ------------------------------------------------------------------------------------ GAN training
+    def train_gan(self, train: np.ndarray) -> None:
+        """Non-saturating DCGAN training on normal images; resumes from ``checkpoint_dir/gan``."""
+        gen = seed_everything(self.seed)
+        device = resolve_device(self.device)
+        G, D = Generator(self.image_size, self.z_dim, self.width).to(device), \
+            Discriminator(self.image_size, self.width).to(device)
+        opt_g, opt_d = self._opt(G.parameters(), self.lr_g), self._opt(D.parameters(), self.lr_d)
+        modules = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d}
+        ckpt = Checkpointer(self._ckpt_dir("gan"), every=max(1, self.epochs // 20))
+        start, history = ckpt.resume(modules)
+        history = history or {"d_loss": [], "g_loss": [], "d_real": [], "d_fake": []}
+        fixed_z = torch.randn(64, self.z_dim, generator=torch.Generator().manual_seed(self.seed)).to(device)
+        bce = nn.BCEWithLogitsLoss()
+        for epoch in progress_bar(range(start, self.epochs), self.progress, desc="GAN epochs", initial=start,
+                                  total=self.epochs):
+            sums = np.zeros(4)
+            for idx in batches(len(train), self.batch_size, shuffle=True, generator=gen):
+                x = _signed(to_tensor(train[idx], 1, device))
+                fake = G(torch.randn(len(idx), self.z_dim, generator=gen).to(device))
+                real_logit, fake_logit = D(x), D(fake.detach())
+                d_loss = bce(real_logit, torch.ones_like(real_logit)) + bce(fake_logit, torch.zeros_like(fake_logit))
+                opt_d.zero_grad()
+                d_loss.backward()
+                opt_d.step()
+                g_logit = D(fake)
+                g_loss = bce(g_logit, torch.ones_like(g_logit))
+                opt_g.zero_grad()
+                g_loss.backward()
+                opt_g.step()
+                sums += len(idx) * np.array([d_loss.item(), g_loss.item(), torch.sigmoid(real_logit).mean().item(),
+                                             torch.sigmoid(fake_logit).mean().item()])
+            for key, value in zip(history, sums / len(train)):
+                history[key].append(float(value))
+            ckpt.save(epoch, modules, history, force=epoch == self.epochs - 1)
+            if (epoch + 1) % ckpt.every == 0 or epoch == self.epochs - 1:
+                self._save_grid(G, fixed_z, f"samples_epoch{epoch + 1:04d}.png")
+        self.generator_, self.discriminator_ = G.eval().requires_grad_(False), D.eval().requires_grad_(False)
+        self.history_ = {**getattr(self, "history_", {}), **history}
+        self._save_curves()
+
+    def _save_grid(self, G: Generator, z: torch.Tensor, name: str) -> None:
+        if not self.checkpoint_dir:
+            return
+        from PIL import Image
+        was_training = G.training
+        with torch.no_grad():
+            imgs = ((G.eval()(z) + 1) * 127.5).clamp(0, 255).byte().cpu().numpy()[:, 0]
+        G.train(was_training)
+        side = int(np.ceil(np.sqrt(len(imgs))))
+        s = self.image_size
+        grid = np.zeros((side * s, side * s), np.uint8)
+        for i, im in enumerate(imgs):
+            grid[(i // side) * s:(i // side + 1) * s, (i % side) * s:(i % side + 1) * s] = im
+        path = Path(self.checkpoint_dir) / "samples" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(path)
+
+    def _save_curves(self) -> None:
+        if not self.checkpoint_dir:
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key in ("d_loss", "g_loss", "encoder_loss"):
+            if self.history_.get(key):
+                ax.plot(np.arange(1, len(self.history_[key]) + 1), self.history_[key], label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(Path(self.checkpoint_dir) / "losses.png", dpi=100)
+        plt.close(fig)
+
+    # ---------------------------------------------------------------------------------------- shared
+    def _device(self) -> torch.device:
+        return next(self.generator_.parameters()).device
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The discriminator's intermediate features of each image (for t-SNE maps)."""
+        return map_batches(lambda x: {"f": self.discriminator_.features(_signed(x))}, images, self.batch_size, 1,
+                           self._device())["f"]
+
+    def anomaly_map(self, images: np.ndarray) -> np.ndarray:
+        """Per-pixel |x - G(z)| in grey levels of [0, 1]."""
+        return np.abs(np.asarray(images, np.float32) / 255.0 - self.reconstruct(images))
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        t = {f"G.{k}": v for k, v in self.generator_.state_dict().items()}
+        t.update({f"D.{k}": v for k, v in self.discriminator_.state_dict().items()})
+        return t
+
+    def _meta(self) -> dict:
+        return {"architecture": self.architecture}
+
+    def _restore(self, tensors: dict, state: dict) -> None:
+        if state.get("architecture") != self.architecture:
+            raise ValueError(f"the bundle says its network is {state.get('architecture')!r} but its settings "
+                             f"build {self.architecture!r}")
+        device = resolve_device(self.device)
+        G, D = Generator(self.image_size, self.z_dim, self.width), Discriminator(self.image_size, self.width)
+        G.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("G.")})
+        D.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("D.")})
+        self.generator_ = G.to(device).eval().requires_grad_(False)
+        self.discriminator_ = D.to(device).eval().requires_grad_(False)
+
+
+class AnoGANDetector(_GANDetector):
+    """AnoGAN: each query image is mapped to the latent space by gradient descent on z (whole batches at once)."""
+
+    kind = "anogan"
+
+    def __init__(self, lam: float = 0.1, map_iters: int = 500, map_lr: float = 0.01, **common):
+        super().__init__(**common)
+        self.lam, self.map_iters, self.map_lr = lam, map_iters, map_lr
+
+    def fit(self, data, val=None) -> "AnoGANDetector":
+        try:
+            return super().fit(data, val)
+        finally:
+            self._cache = None  # the held-out scores were only cached to avoid mapping them twice in fit
+
+    def _fit(self, train: np.ndarray, val: np.ndarray) -> None:
+        self.train_gan(train)
+
+    def map_latent(self, images: np.ndarray, batch_size: int | None = None, iters: int | None = None) -> dict:
+        """Find z with G(z) closest to each image: Adam on the loss (1-λ)·Σ|x-G(z)| + λ·Σ|f(x)-f(G(z))|.
+
+        A whole batch is optimised at once; each image's loss depends only on its own z (G and D are in eval
+        mode) so the result equals mapping one image at a time. Start points come from ``seed`` per image
+        index. An image whose loss turns NaN or inf is frozen and gets NaN scores instead of stopping the batch.
+        Returns numpy arrays: z, recon (N, H, W) in [0, 1], residual, discrimination, score.
+        """
+        G, D, device = self.generator_, self.discriminator_, self._device()
+        iters = self.map_iters if iters is None else iters
+        z_all = torch.randn(len(images), self.z_dim, generator=torch.Generator().manual_seed(self.seed))
+        parts: dict[str, list] = {}
+        for idx in batches(len(images), batch_size or self.batch_size):
+            x = _signed(to_tensor(np.asarray(images[idx]), 1, device))
+            with torch.no_grad():
+                fx = D.features(x)
+            z = z_all[idx].clone().to(device).requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=self.map_lr)
+            bad = torch.zeros(len(idx), dtype=torch.bool, device=device)
+            for _ in progress_bar(range(iters), self.progress, desc=f"mapping {len(idx)} images", leave=False):
+                loss = self._mapping_loss(x, fx, G(z))[2]
+                bad |= ~torch.isfinite(loss)
+                if bad.all():
+                    break
+                opt.zero_grad()
+                loss.masked_fill(bad, 0.0).sum().backward()
+                z.grad[bad] = 0.0
+                opt.step()
+            with torch.no_grad():
+                recon = G(z)
+                res, disc, score = self._mapping_loss(x, fx, recon)
+            out = {"z": z.detach(), "recon": (recon[:, 0] + 1) / 2, "residual": res, "discrimination": disc,
+                   "score": score}
+            for k, v in out.items():
+                v = v.detach().float().cpu().numpy()
+                parts.setdefault(k, []).append(np.where(bad.cpu().numpy().reshape(-1, *[1] * (v.ndim - 1)),
+                                                        np.nan, v) if k != "z" else v)
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def _mapping_loss(self, x, fx, gz):
+        """Per-image residual Σ|x - G(z)| (grey levels in [0, 1]), feature loss Σ|f(x) - f(G(z))|, and A(x)."""
+        residual = (x - gz).abs().flatten(1).sum(1) / 2
+        discrimination = (fx - self.discriminator_.features(gz)).abs().sum(1)
+        return residual, discrimination, (1 - self.lam) * residual + self.lam * discrimination
+
+    def _mapped(self, images: np.ndarray) -> dict:
+        """``map_latent`` with a one-entry cache, so score + anomaly_map on the same images map once."""
+        images = np.asarray(images)
+        key = (hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest(), images.shape, self.map_iters,
+               self.map_lr, self.lam, self.seed)
+        cache = getattr(self, "_cache", None)
+        if cache is None or cache[0] != key:
+            self._cache = cache = (key, self.map_latent(images))
+        return cache[1]
+
+    def _score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        m = self._mapped(images)
+        return {k: m[k].astype(np.float64) for k in ("residual", "discrimination", "score")}
+
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        """G(z) for the mapped z of each image, grey levels in [0, 1]."""
+        return self._mapped(images)["recon"]
+
+
+class FAnoGANDetector(_GANDetector):
+    """f-AnoGAN: an izi_f encoder trained with G and D frozen maps an image to z in one forward pass."""
+
+    kind = "fanogan"
+
+    def __init__(self, kappa: float = 1.0, encoder_epochs: int | None = None, lr_e: float = 1e-4, **common):
+        super().__init__(**common)
+        self.kappa, self.encoder_epochs, self.lr_e = kappa, encoder_epochs, lr_e
+
+    @property
+    def architecture(self) -> str:
+        return super().architecture + " + izi_f encoder"
+
+    def _fit(self, train: np.ndarray, val: np.ndarray) -> None:
+        self.train_gan(train)
+        self.train_encoder(train)
+
+    def train_encoder(self, train: np.ndarray) -> None:
+        """izi_f: minimise MSE(x, G(E(x))) + kappa * MSE(f(x), f(G(E(x)))) with G and D frozen."""
+        gen = seed_everything(self.seed + 1)
+        device = self._device()
+        E = Encoder(self.image_size, self.z_dim, self.width).to(device)
+        opt = torch.optim.Adam(E.parameters(), lr=self.lr_e, betas=(0.5, 0.999))
+        epochs = self.epochs if self.encoder_epochs is None else self.encoder_epochs
+        ckpt = Checkpointer(self._ckpt_dir("encoder"), every=max(1, epochs // 20))
+        start, history = ckpt.resume({"E": E, "opt": opt})
+        history = history or {"encoder_loss": []}
+        for epoch in progress_bar(range(start, epochs), self.progress, desc="encoder epochs", initial=start,
+                                  total=epochs):
+            total = 0.0
+            E.train()
+            for idx in batches(len(train), self.batch_size, shuffle=True, generator=gen):
+                loss = self._izif(_signed(to_tensor(train[idx], 1, device)), E)["score"].mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            history["encoder_loss"].append(total / len(train))
+            ckpt.save(epoch, {"E": E, "opt": opt}, history, force=epoch == epochs - 1)
+        self.encoder_ = E.eval().requires_grad_(False)
+        self.history_ = {**getattr(self, "history_", {}), **history}
+        self._save_curves()
+
+    def _izif(self, x: torch.Tensor, E: Encoder) -> dict[str, torch.Tensor]:
+        """Per-image f-AnoGAN terms: mean squared pixel residual (grey levels in [0, 1]) and feature residual."""
+        gz = self.generator_(E(x))
+        D = self.discriminator_
+        residual = ((x - gz) / 2).pow(2).flatten(1).mean(1)
+        discrimination = (D.features(x) - D.features(gz)).pow(2).mean(1)
+        return {"residual": residual, "discrimination": discrimination,
+                "score": residual + self.kappa * discrimination, "recon": (gz[:, 0] + 1) / 2}
+
+    def _forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return map_batches(lambda x: self._izif(_signed(x), self.encoder_), images, self.batch_size, 1,
+                           self._device())
+
+    def _score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._forward(images)
+        return {k: out[k].astype(np.float64) for k in ("residual", "discrimination", "score")}
+
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        return self._forward(images)["recon"]
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return map_batches(lambda x: {"z": self.encoder_(_signed(x))}, images, self.batch_size, 1,
+                           self._device())["z"]
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        t = super()._tensors()
+        t.update({f"E.{k}": v for k, v in self.encoder_.state_dict().items()})
+        return t
+
+    def _restore(self, tensors: dict, state: dict) -> None:
+        super()._restore(tensors, state)
+        E = Encoder(self.image_size, self.z_dim, self.width)
+        E.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("E.")})
+        self.encoder_ = E.to(self._device()).eval().requires_grad_(False)

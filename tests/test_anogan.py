@@ -1,0 +1,194 @@
+"""AnoGAN and f-AnoGAN at 32 px on bundled samples: shapes, batched mapping, persistence, thresholds, bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxrad.bundle import BundleError, load_detector
+from cxrad.data import load_images
+from cxrad.models.anogan import AnoGANDetector, Discriminator, Encoder, FAnoGANDetector, Generator
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(image_size=32, epochs=2, width=8, z_dim=10, batch_size=16, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def train_images(sample_manifest, cache_dir):
+    train = sample_manifest[sample_manifest["orig_split"] == "train"].head(40)
+    return load_images(train, AnoGANDetector(**SMALL).prep, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def test_set(sample_manifest, cache_dir):
+    """Labelled kermany224 test images (normal + pneumonia), 12 of each."""
+    test = sample_manifest[sample_manifest["orig_split"] == "test"]
+    test = test.groupby("label").head(12)
+    return load_images(test, AnoGANDetector(**SMALL).prep, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def anogan(train_images, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("anogan_ckpt")
+    return AnoGANDetector(**SMALL, map_iters=15, map_lr=0.05, checkpoint_dir=str(ckpt)).fit(train_images)
+
+
+@pytest.fixture(scope="module")
+def fanogan(train_images):
+    return FAnoGANDetector(**SMALL).fit(train_images)
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_layer_shapes(size):
+    G, D, E = Generator(size, z_dim=10, width=4), Discriminator(size, width=4), Encoder(size, z_dim=10, width=4)
+    x = G(torch.randn(3, 10))
+    assert x.shape == (3, 1, size, size) and x.abs().max() <= 1
+    assert D(x).shape == (3,)
+    assert D.features(x).shape == (3, 16 * min(4 * size // 8, 32))  # the 4x4 block before the logit
+    assert E(x).shape == (3, 10)
+    with pytest.raises(ValueError, match="power-of-two"):
+        Generator(100)
+
+
+def test_training_records_history_samples_and_resumes(anogan, train_images):
+    ckpt = Path(anogan.checkpoint_dir)
+    assert [len(anogan.history_[k]) for k in ("d_loss", "g_loss")] == [2, 2]
+    assert np.isfinite(anogan.history_["d_loss"]).all()
+    assert sorted(p.name for p in (ckpt / "samples").glob("*.png")) == ["samples_epoch0001.png",
+                                                                         "samples_epoch0002.png"]
+    assert (ckpt / "losses.png").stat().st_size > 0
+    # a longer run with the same checkpoint folder continues after epoch 2 instead of starting again
+    more = AnoGANDetector(**{**SMALL, "epochs": 3}, checkpoint_dir=str(ckpt))
+    more.history_ = {}
+    more.train_gan(np.asarray(train_images.images))
+    assert more.history_["d_loss"][:2] == anogan.history_["d_loss"] and len(more.history_["d_loss"]) == 3
+
+
+def test_batched_mapping_equals_one_at_a_time(anogan, test_set):
+    images = np.asarray(test_set.images[:4])
+    batched = anogan.map_latent(images, batch_size=4)
+    single = anogan.map_latent(images, batch_size=1)
+    start = anogan.map_latent(images, iters=0)
+    np.testing.assert_allclose(batched["z"], single["z"], atol=1e-3)
+    np.testing.assert_allclose(batched["score"], single["score"], rtol=1e-3)
+    assert (batched["score"] < start["score"]).all()  # the mapping reduced every image's loss
+    assert not np.allclose(batched["z"], start["z"])
+    np.testing.assert_allclose(batched["score"], (1 - anogan.lam) * batched["residual"]
+                               + anogan.lam * batched["discrimination"], rtol=1e-5)
+
+
+def test_maps_reconstructions_and_features(anogan, fanogan, test_set):
+    images = np.asarray(test_set.images[:3])
+    for det in (anogan, fanogan):
+        recon = det.reconstruct(images)
+        amap = det.anomaly_map(images)
+        assert recon.shape == amap.shape == (3, 32, 32) and recon.min() >= 0 and recon.max() <= 1
+        np.testing.assert_allclose(amap, np.abs(images / 255.0 - recon), atol=1e-6)
+        assert det.features(images).shape == (3, 16 * 32)
+    table = anogan.score(images)
+    # the AnoGAN residual is the anomaly map summed over pixels
+    np.testing.assert_allclose(table["residual"], anogan.anomaly_map(images).sum((1, 2)), rtol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["anogan", "fanogan"])
+def test_save_load_round_trip(which, request, test_set, tmp_path):
+    det = request.getfixturevalue(which)
+    before = det.score(test_set)
+    assert list(det.components) == ["residual", "discrimination"]
+    assert (before["error"] == "").all() and np.isfinite(before["score"]).all()
+    loaded = load_detector(det.save(tmp_path / which))
+    assert type(loaded) is type(det) and loaded.get_params()["z_dim"] == 10
+    after = loaded.score(test_set)
+    np.testing.assert_allclose(after["score"], before["score"], rtol=1e-5)
+    assert loaded.history_["d_loss"] == det.history_["d_loss"]
+    if which == "fanogan":
+        assert len(loaded.history_["encoder_loss"]) == 2
+
+
+def test_crossing_threshold_by_calibration(fanogan, test_set, tmp_path):
+    from cxrad.thresholds import crossing_threshold
+    t = fanogan.calibrate(test_set, rule="crossing")
+    scores = fanogan.score(test_set)
+    labels = test_set.labels
+    assert t == pytest.approx(crossing_threshold(scores["score"][labels == 0], scores["score"][labels == 1]))
+    assert fanogan.threshold_rule_ == "crossing"
+    assert (fanogan.predict(test_set) == (scores["score"] > t)).all()
+    loaded = load_detector(fanogan.save(tmp_path / "cal"))
+    assert loaded.threshold_rule_ == "crossing" and loaded.threshold_ == pytest.approx(t)
+    fanogan.set_threshold("quantile")
+
+
+def test_diverging_mapping_is_an_error_row_not_a_crash(anogan, test_set, monkeypatch):
+    G = anogan.generator_
+    real_forward = G.forward
+
+    def poisoned(z):  # the second image of a batch diverges
+        out = real_forward(z).clone()
+        out[1] = torch.nan
+        return out
+
+    images = np.asarray(test_set.images[12:16])  # not scored elsewhere, so nothing is cached
+    monkeypatch.setattr(G, "forward", poisoned)
+    table = anogan.score(images)
+    assert table["error"].tolist()[1].startswith("score is not finite")
+    assert (table["error"].drop(index=1) == "").all() and np.isfinite(table["score"].drop(index=1)).all()
+    assert anogan.predict(images).tolist()[1] == -1
+    monkeypatch.undo()
+    anogan._cache = None
+    clean = anogan.score(images)
+    # the poisoned image did not disturb the others
+    np.testing.assert_allclose(clean["score"].drop(index=1), table["score"].drop(index=1), rtol=1e-4)
+
+
+def test_wrong_architecture_or_size_is_refused(anogan, fanogan, tmp_path):
+    path = anogan.save(tmp_path / "a")
+    with pytest.raises(BundleError, match="'anogan' model, not a 'fanogan'"):
+        FAnoGANDetector.load(path)
+    doc = json.loads((path / "model.json").read_text())
+    doc["params"]["image_size"] = 64
+    (path / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="architecture/size.*32px"):
+        load_detector(path)
+    # consistent metadata but weights of another width: the state_dict mismatch is refused too
+    doc["params"]["image_size"], doc["params"]["width"] = 32, 16
+    doc["state"]["architecture"] = "DCGAN 32px, z 10, width 16"
+    (path / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="weights do not fit a anogan"):
+        load_detector(path)
+    # an f-AnoGAN bundle without its encoder
+    fpath = fanogan.save(tmp_path / "f")
+    from safetensors.torch import load_file, save_file
+    tensors = {k: v for k, v in load_file(str(fpath / "model.safetensors")).items() if ".E." not in k}
+    save_file(tensors, str(fpath / "model.safetensors"))
+    with pytest.raises(BundleError):
+        load_detector(fpath)
+
+
+def test_cli_trains_with_the_report_preset(tmp_path, cache_dir, capsys):
+    from cxrad.cli import main
+    import yaml
+    preset = yaml.safe_load((ROOT / "configs" / "anogan_tb.yaml").read_text())
+    assert preset["image_size"] == 256 and preset["params"]["z_dim"] == 10
+    assert preset["params"]["optimizer"] == "rmsprop" and preset["threshold"] == "crossing"
+    samples = ROOT / "src" / "cxrad" / "samples"
+    out = tmp_path / "model"
+    rc = main(["train", "--config", str(ROOT / "configs" / "anogan_tb.yaml"), "--data", str(samples / "kermany224"),
+               "--split", "train", "--calibration-data", str(samples / "kermany224" / "test"), "--image-size", "32",
+               "--epochs", "1", "--param", "width=4", "--param", "map_iters=3", "--out", str(out), "--quiet",
+               "--cache-dir", str(cache_dir)])
+    assert rc == 0, capsys.readouterr().err
+    det = load_detector(out)
+    assert det.kind == "anogan" and det.optimizer == "rmsprop" and (det.lr_d, det.lr_g) == (4e-4, 2e-4)
+    assert det.z_dim == 10 and det.lam == 0.1 and det.threshold_rule_ == "crossing"
+    assert "threshold crossing" in capsys.readouterr().out
+
+
+def test_cli_preset_without_calibration_data_stops_before_training(tmp_path, capsys):
+    from cxrad.cli import main
+    rc = main(["train", "--config", str(ROOT / "configs" / "anogan_tb.yaml"), "--data",
+               str(ROOT / "src" / "cxrad" / "samples" / "kermany224"), "--out", str(tmp_path / "m"), "--quiet"])
+    assert rc == 1 and "crossing threshold needs --calibration-data" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
