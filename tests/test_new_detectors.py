@@ -153,3 +153,21 @@ def test_regional_detector_separates_tb_from_normal(shared_data, cache_dir):
     test = load_images(proto.test, det.prep, cache_dir=cache_dir)
     table = det.score(test)
     assert roc_auc_score(table["label"], table["score"]) > 0.55
+
+
+def test_thresholds_ignore_a_diverged_validation_score(normals, monkeypatch):
+    """A NaN score on a held-out normal image (a mapping that blew up) must not poison the thresholds."""
+    from cxrad.models.regional import RegionalDetector
+    real = RegionalDetector._score
+
+    def one_nan(self, images):
+        out = real(self, images)
+        out["score"] = out["score"].copy()
+        out["score"][0] = np.nan
+        return out
+
+    monkeypatch.setattr(RegionalDetector, "_score", one_nan)
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        det = RegionalDetector(image_size=64).fit(normals[64])
+    assert np.isfinite(det.normal_scores_).all() and np.isfinite(det.threshold_)
+    assert len(det.normal_scores_) == det.n_val_ - 1

@@ -266,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--abnormal", nargs="+", help="class folder names that are abnormal (default: all others)")
             p.add_argument("--split", help="keep only rows of this publisher split (e.g. train, test)")
 
+    def model_args(p, out_help):
+        p.add_argument("--model", default=None, help="model bundle folder or shipped model name (default: the "
+                       "shipped default model)")
+        p.add_argument("--out", help=out_help)
+        p.add_argument("--target-specificity", type=float, help="operating point: this specificity on the "
+                       "model's held-out normal validation scores instead of the stored threshold")
+        p.add_argument("--threshold-value", type=float, help="operating point: a fixed score threshold")
+
     p = sub.add_parser("train", help="train a detector on the normal images of a dataset",
                        description="Train a detector on normal images (abnormal rows are ignored), hold out a "
                        "patient-level normal validation part, set thresholds, and save a model bundle. "
@@ -293,13 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "verdict. Unreadable files get an error row; exit code 3 if any failed.")
     common(p, data=False)
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--model", default=None, help="model bundle folder or shipped model name (default: the "
-                   "shipped default model)")
-    p.add_argument("--out", help="folder to write scores.csv and scores.json")
+    model_args(p, out_help="folder to write scores.csv and scores.json")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--target-specificity", type=float, help="operating point: this specificity on normal "
-                   "validation scores instead of the stored threshold")
-    p.add_argument("--threshold-value", type=float, help="operating point: a fixed score threshold")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("evaluate", help="evaluate a model on a labelled dataset",
@@ -307,10 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "sensitivity, specificity, precision, F1, accuracy and the confusion matrix at the "
                        "model's threshold, per source and per finding, and the per-class component means.")
     common(p)
-    p.add_argument("--model", default=None, help="model bundle folder or shipped model name")
-    p.add_argument("--out", help="folder for scores.csv/json, metrics.json and the breakdown tables")
-    p.add_argument("--target-specificity", type=float, help="operating point on normal validation scores")
-    p.add_argument("--threshold-value", type=float, help="operating point: a fixed score threshold")
+    model_args(p, out_help="folder for scores.csv/json, metrics.json and the breakdown tables")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="train, score and evaluate on the bundled sample images",

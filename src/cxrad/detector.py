@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,8 +132,9 @@ class Detector:
         self._fit(np.asarray(train.images), np.asarray(val.images))
         self.n_train_, self.n_val_ = len(train), len(val)
         self.train_fingerprint_ = _fingerprint(train)
-        self._calibrate_components(self._score(np.asarray(val.images)))
-        val_scores = self._score(np.asarray(val.images))["score"]
+        val_components = self._score(np.asarray(val.images))  # scored once: mapping-based scores are costly
+        self._calibrate_components(val_components)
+        val_scores = _finite(self._rescore(val_components), "normal validation")
         self.normal_scores_ = np.sort(val_scores.astype(np.float64))
         self.thresholds_ = {"quantile": th.quantile_threshold(val_scores, self.specificity)}
         self.threshold_rule_ = "quantile"
@@ -151,13 +153,18 @@ class Detector:
     def _calibrate_components(self, val_components: dict) -> None:
         """Hook: learn how to combine components from normal validation scores (before thresholds)."""
 
+    def _rescore(self, components: dict) -> np.ndarray:
+        """The score from already computed components, after ``_calibrate_components``."""
+        return components["score"]
+
     def calibrate(self, data, rule: str = "crossing", specificity: float | None = None,
                   sensitivity: float | None = None, value: float | None = None, activate: bool = True) -> float:
         """Set a threshold from a labelled validation set (normal + abnormal). Returns the threshold."""
         self._check_fitted()
         images = self._as_imageset(data)
         scores = self._score(np.asarray(images.images))["score"] if len(images) else np.zeros(0)
-        normal, abnormal = scores[images.labels == 0], scores[images.labels == 1]
+        normal = _finite(scores[images.labels == 0], "normal calibration", minimum=0)
+        abnormal = _finite(scores[images.labels == 1], "abnormal calibration", minimum=0)
         if sensitivity is not None:
             t, name = th.sensitivity_threshold(abnormal, sensitivity), f"sensitivity@{sensitivity:g}"
         elif rule == "quantile":
@@ -311,6 +318,18 @@ class Detector:
 
     def _restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         raise NotImplementedError
+
+
+def _finite(scores: np.ndarray, what: str, minimum: int = 2) -> np.ndarray:
+    """Drop scores that diverged (NaN/inf, e.g. a latent mapping that blew up) before setting thresholds."""
+    scores = np.asarray(scores, dtype=np.float64)
+    ok = np.isfinite(scores)
+    if not ok.all():
+        warnings.warn(f"{int((~ok).sum())} {what} image(s) got a non-finite score and were left out of the "
+                      "thresholds", RuntimeWarning, stacklevel=3)
+    if ok.sum() < minimum:
+        raise DataError(f"only {int(ok.sum())} {what} image(s) have a finite score; need at least {minimum}")
+    return scores[ok]
 
 
 def _fingerprint(images: ImageSet) -> str:

@@ -111,6 +111,9 @@ class CAEDetector(Detector):
             "neg_log_density": (float(np.mean(-val["log_density"])), float(np.std(val["log_density"]) + 1e-12)),
         }
 
+    def _rescore(self, components: dict) -> np.ndarray:
+        return self._combine(components)
+
     def _combine(self, comps: dict) -> np.ndarray:
         if not hasattr(self, "component_stats_"):  # during calibration itself
             return comps["recon_error"]
