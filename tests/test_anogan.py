@@ -60,11 +60,19 @@ def test_training_records_history_samples_and_resumes(anogan, train_images):
     assert sorted(p.name for p in (ckpt / "samples").glob("*.png")) == ["samples_epoch0001.png",
                                                                          "samples_epoch0002.png"]
     assert (ckpt / "losses.png").stat().st_size > 0
-    # a longer run with the same checkpoint folder continues after epoch 2 instead of starting again
-    more = AnoGANDetector(**{**SMALL, "epochs": 3}, checkpoint_dir=str(ckpt))
-    more.history_ = {}
-    more.train_gan(np.asarray(train_images.images))
+    # a longer run on the same data with the same checkpoint folder continues after epoch 2: epochs 1-2
+    # are not trained (nor their sample grids drawn) again
+    first_grid = (ckpt / "samples" / "samples_epoch0001.png").stat().st_mtime_ns
+    more = AnoGANDetector(**{**SMALL, "epochs": 3}, map_iters=15, map_lr=0.05,
+                          checkpoint_dir=str(ckpt)).fit(train_images)
     assert more.history_["d_loss"][:2] == anogan.history_["d_loss"] and len(more.history_["d_loss"]) == 3
+    assert (ckpt / "samples" / "samples_epoch0001.png").stat().st_mtime_ns == first_grid
+    assert (ckpt / "samples" / "samples_epoch0003.png").exists()
+    # other data never resumes that checkpoint: the run starts from scratch
+    other = AnoGANDetector(**{**SMALL, "epochs": 3}, checkpoint_dir=str(ckpt))
+    other.history_ = {}
+    other.train_gan(np.asarray(train_images.images)[::-1].copy())
+    assert other.history_["d_loss"][:2] != anogan.history_["d_loss"]
 
 
 def test_batched_mapping_equals_one_at_a_time(anogan, test_set):

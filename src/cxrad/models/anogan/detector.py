@@ -60,8 +60,10 @@ class _GANDetector(Detector):
         G, D = Generator(self.image_size, self.z_dim, self.width).to(device), \
             Discriminator(self.image_size, self.width).to(device)
         opt_g, opt_d = self._opt(G.parameters(), self.lr_g), self._opt(D.parameters(), self.lr_d)
-        modules = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d}
-        ckpt = Checkpointer(self._ckpt_dir("gan"), every=max(1, self.epochs // 20))
+        modules = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, "gen": gen}
+        # the key ties the checkpoint to this data and these settings, so another run's is never resumed
+        ckpt = Checkpointer(self._ckpt_dir("gan"), every=max(1, self.epochs // 20),
+                            key=self._run_key(train, train[:0]))
         start, history = ckpt.resume(modules)
         history = history or {"d_loss": [], "g_loss": [], "d_real": [], "d_fake": []}
         fixed_z = torch.randn(64, self.z_dim, generator=torch.Generator().manual_seed(self.seed)).to(device)
@@ -266,8 +268,10 @@ class FAnoGANDetector(_GANDetector):
         E = Encoder(self.image_size, self.z_dim, self.width).to(device)
         opt = torch.optim.Adam(E.parameters(), lr=self.lr_e, betas=(0.5, 0.999))
         epochs = self.epochs if self.encoder_epochs is None else self.encoder_epochs
-        ckpt = Checkpointer(self._ckpt_dir("encoder"), every=max(1, epochs // 20))
-        start, history = ckpt.resume({"E": E, "opt": opt})
+        ckpt = Checkpointer(self._ckpt_dir("encoder"), every=max(1, epochs // 20),
+                            key=self._run_key(train, train[:0]))
+        state = {"E": E, "opt": opt, "gen": gen}
+        start, history = ckpt.resume(state)
         history = history or {"encoder_loss": []}
         for epoch in progress_bar(range(start, epochs), self.progress, desc="encoder epochs", initial=start,
                                   total=epochs):
@@ -280,7 +284,7 @@ class FAnoGANDetector(_GANDetector):
                 opt.step()
                 total += loss.item() * len(idx)
             history["encoder_loss"].append(total / len(train))
-            ckpt.save(epoch, {"E": E, "opt": opt}, history, force=epoch == epochs - 1)
+            ckpt.save(epoch, state, history, force=epoch == epochs - 1)
         self.encoder_ = E.eval().requires_grad_(False)
         self.history_ = {**getattr(self, "history_", {}), **history}
         self._save_curves()
