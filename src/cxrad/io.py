@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,11 @@ class Preprocessing:
         return asdict(self)
 
 
+def _clean(exc: Exception) -> str:
+    """Readers name the in-memory buffer ("<_io.BytesIO object at 0x...>"): noise in an error row."""
+    return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+
+
 def _is_dicom(data: bytes, suffix: str) -> bool:
     return suffix.lower() in DICOM_SUFFIXES or (len(data) > 132 and data[128:132] == b"DICM")
 
@@ -60,7 +66,7 @@ def _dicom_to_grey(data: bytes) -> np.ndarray:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         rows, cols = int(ds.Rows), int(ds.Columns)
     except Exception as exc:  # pydicom raises many types for corrupt files
-        raise ImageReadError(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+        raise ImageReadError(f"not a readable DICOM file ({type(exc).__name__}: {_clean(exc)})") from None
     if rows * cols > MAX_PIXELS:
         raise ImageReadError(f"image too large ({cols}x{rows} pixels, limit {MAX_PIXELS})")
     try:
@@ -117,7 +123,7 @@ def _raster_to_grey(data: bytes) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(f"image too large (decompression bomb: {exc})") from None
     except Exception as exc:
-        raise ImageReadError(f"not a readable image ({type(exc).__name__}: {exc})") from None
+        raise ImageReadError(f"not a readable image ({type(exc).__name__}: {_clean(exc)})") from None
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float32)

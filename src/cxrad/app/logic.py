@@ -16,7 +16,6 @@ Operating points (``threshold_for``):
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,8 +156,7 @@ def score_uploads(det, files: list[tuple[str, bytes]], max_bytes: int | None = N
         try:
             greys[i] = decode_upload(name, data, max_bytes)
         except ImageReadError as exc:
-            # readers name the in-memory buffer ("<_io.BytesIO object at 0x...>"): noise on the page
-            results[i].error = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+            results[i].error = str(exc)
     if not greys:
         return results
     idx = list(greys)
