@@ -273,7 +273,6 @@ def test_decode_image_from_bytes_and_tiny_images(tmp_path):
 
 
 def test_error_messages_do_not_name_the_in_memory_buffer():
-    from cxrad.io import ImageReadError, decode_image
     with pytest.raises(ImageReadError) as err:
         decode_image(b"this is not an image at all", ".png")
     assert "not a readable image" in str(err.value) and "BytesIO" not in str(err.value)
