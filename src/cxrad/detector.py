@@ -104,23 +104,7 @@ class Detector:
         if len(normal) == 0:
             raise DataError("the training set has no normal images; detectors learn from normal images only")
         if val is None:
-            if len(normal) < 10:
-                raise DataError(f"need at least 10 normal images to hold out validation ones, got {len(normal)}")
-            part = split_by_patient(normal.frame, {"train": 1 - self.val_fraction, "val": self.val_fraction},
-                                    seed=self.seed) if "patient_id" in normal.frame else None
-            if part is None:
-                rng = np.random.default_rng(self.seed)
-                is_val = np.zeros(len(normal), bool)
-                is_val[rng.permutation(len(normal))[:max(2, int(round(self.val_fraction * len(normal))))]] = True
-            else:
-                is_val = (part == "val").to_numpy().copy()
-                if is_val.sum() < 2:  # small sets: hold out whole patients, in seeded order, until 2 images
-                    groups = patient_groups(normal.frame).to_numpy()
-                    for g in np.random.default_rng(self.seed).permutation(np.unique(groups)):
-                        is_val |= groups == g
-                        if is_val.sum() >= 2:
-                            break
-            train, val = normal.subset(~is_val), normal.subset(is_val)
+            train, val = self._hold_out_validation(normal)
         else:
             train, val = normal, self._as_imageset(val)
             val = val.subset(val.labels == 0)
@@ -140,6 +124,26 @@ class Detector:
         self.threshold_rule_ = "quantile"
         self.threshold_ = self.thresholds_["quantile"]
         return self
+
+    def _hold_out_validation(self, normal: ImageSet) -> tuple[ImageSet, ImageSet]:
+        """Split normal images into (train, validation) by patient, ``val_fraction`` of them held out."""
+        if len(normal) < 10:
+            raise DataError(f"need at least 10 normal images to hold out validation ones, got {len(normal)}")
+        if "patient_id" not in normal.frame:
+            rng = np.random.default_rng(self.seed)
+            is_val = np.zeros(len(normal), bool)
+            is_val[rng.permutation(len(normal))[:max(2, int(round(self.val_fraction * len(normal))))]] = True
+        else:
+            part = split_by_patient(normal.frame, {"train": 1 - self.val_fraction, "val": self.val_fraction},
+                                    seed=self.seed)
+            is_val = (part == "val").to_numpy().copy()
+            if is_val.sum() < 2:  # small sets: hold out whole patients, in seeded order, until 2 images
+                groups = patient_groups(normal.frame).to_numpy()
+                for g in np.random.default_rng(self.seed).permutation(np.unique(groups)):
+                    is_val |= groups == g
+                    if is_val.sum() >= 2:
+                        break
+        return normal.subset(~is_val), normal.subset(is_val)
 
     def _run_key(self, train: np.ndarray, val: np.ndarray) -> str:
         """Identifies a training run for checkpoints: data and every setting but ``epochs`` (so a finished
