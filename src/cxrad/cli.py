@@ -74,12 +74,6 @@ def _manifest(args):
     return df
 
 
-def _resolve_model(name_or_path, device: str = "auto"):
-    from .bundle import load_detector
-    from .pretrained import resolve
-    return load_detector(resolve(name_or_path), device=device)
-
-
 def _cache_dir(args) -> str:
     from .data import default_cache_dir
     return str(args.cache_dir or default_cache_dir())
@@ -143,7 +137,8 @@ def _score_inputs(paths: list[str]) -> list[str]:
 
 
 def cmd_score(args) -> int:
-    det = _resolve_model(args.model, args.device)
+    from .pretrained import load_model
+    det = load_model(args.model, args.device)
     _apply_operating_point(det, args)
     table = det.score(_score_inputs(args.images))
     keep = [c for c in ("path", "score", *det.components, "percentile", "anomalous", "error") if c in table]
@@ -228,7 +223,8 @@ def format_metrics(result: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    det = _resolve_model(args.model, args.device)
+    from .pretrained import load_model
+    det = load_model(args.model, args.device)
     _apply_operating_point(det, args)
     df = _manifest(args)
     result = evaluate_model(det, df, Path(args.out) if args.out else None, _cache_dir(args), not args.quiet)

@@ -39,3 +39,9 @@ def resolve(name_or_path: str | Path | None) -> Path:
         return models[str(name_or_path)]
     raise BundleError(f"{name_or_path}: no such model bundle or shipped model (shipped: "
                       f"{', '.join(models) or 'none'})")
+
+
+def load_model(name_or_path: str | Path | None = None, device: str = "auto"):
+    """A detector from a bundle folder, a shipped model name, or (None) the shipped default."""
+    from .bundle import load_detector
+    return load_detector(resolve(name_or_path), device=device)

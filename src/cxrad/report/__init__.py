@@ -30,13 +30,9 @@ class Report:
 
 
 def _load_model(model, device: str):
-    from ..bundle import detector_class, read_meta
     from ..detector import Detector
-    from ..pretrained import resolve
-    if isinstance(model, Detector):
-        return model
-    path = resolve(model)
-    return detector_class(read_meta(path)["kind"]).load(path, device=device)
+    from ..pretrained import load_model
+    return model if isinstance(model, Detector) else load_model(model, device)
 
 
 def _load_data(data, det, cache_dir, progress):
