@@ -21,7 +21,7 @@ import torch
 from cxrad.bundle import detector_class
 from cxrad.cli import _parse_value
 from cxrad.data import load_images
-from cxrad.metrics import evaluate
+from cxrad.metrics import component_aurocs, evaluate
 from cxrad.protocols import PROTOCOLS, load_protocol
 
 PAPER = "CAE paper (COVID-19, its own data): AUROC 0.672, recall 0.66"
@@ -45,8 +45,7 @@ def run_one(kind: str, params: dict, protocol, seed: int, cache_dir: str, device
     table = det.score(test)
     score_s = time.time() - t1
     m = evaluate(table["label"], table["score"], det.threshold_)
-    comps = {c: evaluate(table["label"], -table[c] if c == "log_density" else table[c], n_boot=0)["auroc"]
-             for c in det.components}
+    comps = component_aurocs(det, table)
     return {"auroc": m["auroc"], "auroc_ci": m["auroc_ci"], "auprc": m["auprc"], "sensitivity": m["sensitivity"],
             "specificity": m["specificity"], "components": comps, "fit_s": fit_s,
             "score_s_per_image": score_s / max(len(test), 1), "n_train": len(protocol.train),

@@ -175,7 +175,7 @@ def evaluate_model(det, df, out: Path | None, cache_dir=None, progress=False) ->
     scores/metrics files when ``out`` is set."""
     from .bundle import atomic_write_text
     from .data import ImageSet, load_images
-    from .metrics import breakdown, class_means, evaluate
+    from .metrics import breakdown, class_means, component_aurocs, evaluate
 
     images = df if isinstance(df, ImageSet) else load_images(df, det.prep, cache_dir=cache_dir, progress=progress)
     table = det.score(images)
@@ -184,8 +184,7 @@ def evaluate_model(det, df, out: Path | None, cache_dir=None, progress=False) ->
               **evaluate(ok["label"], ok["score"], det.threshold_)}
     if hasattr(det, "component_thresholds"):
         result["component_thresholds"] = det.component_thresholds()
-    result["components"] = {c: evaluate(ok["label"], -ok[c] if c == "log_density" else ok[c], n_boot=0)["auroc"]
-                            for c in det.components}
+    result["components"] = component_aurocs(det, ok)
     result["n_errors"] = int(len(images.errors))
     tables = {"by_source": breakdown(ok, "source", det.threshold_), "by_finding": breakdown(ok, "finding",
                                                                                             det.threshold_),

@@ -40,6 +40,8 @@ class Detector:
     kind = "base"
     #: names of the per-image score components (besides ``score``), for tables and reports
     components: tuple[str, ...] = ()
+    #: components where a *lower* value is more anomalous (e.g. a log-density)
+    lower_is_anomalous: tuple[str, ...] = ()
 
     def __init__(self, image_size: int = 128, resize: str = "stretch", seed: int = 0, device: str = "auto",
                  val_fraction: float = 0.1, specificity: float = 0.95, batch_size: int = 32,

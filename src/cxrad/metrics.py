@@ -54,6 +54,13 @@ def evaluate(labels, scores, threshold: float | None = None, n_boot: int = 1000,
     return out
 
 
+def component_aurocs(det, table: pd.DataFrame) -> dict[str, float]:
+    """AUROC of each of a detector's score components alone, oriented so that 1.0 is perfect."""
+    y = table["label"]
+    return {c: evaluate(y, -table[c] if c in det.lower_is_anomalous else table[c], n_boot=0)["auroc"]
+            for c in det.components}
+
+
 def breakdown(table: pd.DataFrame, by: str, threshold: float | None = None) -> pd.DataFrame:
     """Per-group metrics. Abnormal groups (a finding) are scored against *all* normal images, so each row
     reads as "how well does the detector separate this finding from normal"."""

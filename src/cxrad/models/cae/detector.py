@@ -32,6 +32,7 @@ SCORE_MODES = ("either", "recon", "density")
 class CAEDetector(Detector):
     kind = "cae"
     components = ("recon_error", "log_density")
+    lower_is_anomalous = ("log_density",)
 
     def __init__(self, epochs: int = 70, lr: float = 1e-3, channels: int = 3, latent_dim: int = 128,
                  score_mode: str = "either", kde_standardize: bool = True, **common):
