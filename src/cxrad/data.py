@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,11 +280,9 @@ def default_cache_dir() -> Path:
 
 
 def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
+    from .bundle import atomic_open  # imported here: it brings torch, which reading data does not need
+    with atomic_open(path) as fh:
         np.save(fh, arr)
-    os.replace(tmp, path)
 
 
 def _try_cache(path: Path, arr: np.ndarray) -> None:
