@@ -4,7 +4,8 @@ write a markdown table of image-level AUROC (mean +- sd over seeds, and the pool
     python benchmarks/accuracy.py --detector cae --seeds 0 1 2 --epochs 15 --out benchmarks/results
 
 Every finished (detector, tag, protocol, seed) run is appended to OUT/runs.jsonl and skipped when the command
-is run again, so a killed benchmark resumes where it stopped. ``--table-only`` rebuilds OUT/accuracy.md.
+is run again, so a killed benchmark resumes where it stopped (mid-training too, with ``--checkpoint-root``).
+``--table-only`` rebuilds OUT/accuracy.md.
 """
 from __future__ import annotations
 
@@ -34,9 +35,10 @@ def machine() -> str:
     return f"CPU ({cpu}, {torch.get_num_threads()} threads)"
 
 
-def run_one(kind: str, params: dict, protocol, seed: int, cache_dir: str, device: str) -> dict:
+def run_one(kind: str, params: dict, protocol, seed: int, cache_dir: str, device: str,
+            checkpoint_dir: str | None = None) -> dict:
     cls = detector_class(kind)
-    det = cls(seed=seed, device=device, cache_dir=cache_dir, **params)
+    det = cls(seed=seed, device=device, cache_dir=cache_dir, checkpoint_dir=checkpoint_dir, **params)
     t0 = time.time()
     det.fit(load_images(protocol.train, det.prep, cache_dir=cache_dir))
     fit_s = time.time() - t0
@@ -109,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cache-dir", default=".cache/cxrad")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--checkpoint-root", help="keep training checkpoints in ROOT/<protocol>/seed<N>: a killed run "
+                    "resumes there, and f-AnoGAN reuses an AnoGAN's finished GAN of the same settings")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -133,7 +137,8 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             if (name, protocol_name, seed) in done:
                 continue
-            result = run_one(args.detector, params, protocol, seed, args.cache_dir, args.device)
+            ckpt = str(Path(args.checkpoint_root) / protocol_name / f"seed{seed}") if args.checkpoint_root else None
+            result = run_one(args.detector, params, protocol, seed, args.cache_dir, args.device, ckpt)
             row = {"name": name, "detector": args.detector, "params": params, "protocol": protocol_name,
                    "seed": seed, "machine": machine(), **result}
             with log.open("a") as fh:

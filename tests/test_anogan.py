@@ -75,6 +75,20 @@ def test_training_records_history_samples_and_resumes(anogan, train_images):
     assert other.history_["d_loss"][:2] != anogan.history_["d_loss"]
 
 
+def test_fanogan_reuses_a_finished_anogan_gan_from_its_checkpoint(train_images, tmp_path):
+    ano = AnoGANDetector(**SMALL, map_iters=2, checkpoint_dir=str(tmp_path)).fit(train_images)
+    grid = (tmp_path / "samples" / "samples_epoch0002.png").stat().st_mtime_ns
+    f = FAnoGANDetector(**SMALL, kappa=0.5, checkpoint_dir=str(tmp_path)).fit(train_images)
+    # same GAN (not retrained: no grid redrawn), and then an encoder of its own
+    assert f.history_["d_loss"] == ano.history_["d_loss"] and len(f.history_["encoder_loss"]) == 2
+    assert (tmp_path / "samples" / "samples_epoch0002.png").stat().st_mtime_ns == grid
+    for k, v in ano.generator_.state_dict().items():
+        assert torch.equal(v, f.generator_.state_dict()[k]), k
+    # another GAN setting does not reuse it
+    wider = FAnoGANDetector(**{**SMALL, "width": 4}, checkpoint_dir=str(tmp_path)).fit(train_images)
+    assert wider.history_["d_loss"] != ano.history_["d_loss"]
+
+
 def test_batched_mapping_equals_one_at_a_time(anogan, test_set):
     images = np.asarray(test_set.images[:4])
     batched = anogan.map_latent(images, batch_size=4)

@@ -147,12 +147,13 @@ class Detector:
                         break
         return normal.subset(~is_val), normal.subset(is_val)
 
-    def _run_key(self, train: np.ndarray, val: np.ndarray) -> str:
-        """Identifies a training run for checkpoints: data and every setting but ``epochs`` (so a finished
-        run can be extended) and the runtime ones."""
+    def _run_key(self, train: np.ndarray, val: np.ndarray, settings: list[str] | None = None) -> str:
+        """Identifies a training run for checkpoints: data and the named settings (default: all), less
+        ``epochs`` (so a finished run can be extended) and the runtime ones."""
         h = hashlib.sha256(np.ascontiguousarray(train).tobytes())
         h.update(np.ascontiguousarray(val).tobytes())
-        h.update(repr(sorted((k, v) for k, v in self.get_params().items()
+        settings = self._param_names() if settings is None else settings
+        h.update(repr(sorted((k, getattr(self, k)) for k in settings
                              if k not in RUNTIME_PARAMS | {"epochs"})).encode())
         return h.hexdigest()
 

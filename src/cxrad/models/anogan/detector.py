@@ -61,9 +61,10 @@ class _GANDetector(Detector):
             Discriminator(self.image_size, self.width).to(device)
         opt_g, opt_d = self._opt(G.parameters(), self.lr_g), self._opt(D.parameters(), self.lr_d)
         modules = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, "gen": gen}
-        # the key ties the checkpoint to this data and these settings, so another run's is never resumed
+        # the key ties the checkpoint to this data and the GAN's settings only, so another run's is never
+        # resumed but an f-AnoGAN given an AnoGAN's checkpoint_dir reuses its GAN and trains just the encoder
         ckpt = Checkpointer(self._ckpt_dir("gan"), every=max(1, self.epochs // 20),
-                            key=self._run_key(train, train[:0]))
+                            key=self._run_key(train, train[:0], _GANDetector._param_names()))
         start, history = ckpt.resume(modules)
         history = history or {"d_loss": [], "g_loss": [], "d_real": [], "d_fake": []}
         fixed_z = torch.randn(64, self.z_dim, generator=torch.Generator().manual_seed(self.seed)).to(device)
