@@ -26,6 +26,7 @@ DETECTORS = {
     "regional": "cxrad.models.regional:RegionalDetector",
     "anogan": "cxrad.models.anogan:AnoGANDetector",
     "fanogan": "cxrad.models.anogan:FAnoGANDetector",
+    "fusion": "cxrad.models.fusion:FusionDetector",
 }
 
 

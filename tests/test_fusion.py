@@ -1,0 +1,102 @@
+"""Score fusion: members trained on the same normals, standardised on the held-out ones, averaged; persistence."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cxrad.bundle import BundleError, load_detector
+from cxrad.cli import main
+from cxrad.data import load_images
+from cxrad.models.fusion import FusionDetector
+
+SMALL_MEMBERS = {"dae": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3}, "regional": {"image_size": 64}}
+
+
+@pytest.fixture(scope="module")
+def images(sample_manifest, cache_dir):
+    prep = FusionDetector(image_size=64).prep
+    train = sample_manifest[sample_manifest["orig_split"] == "train"].head(40)
+    test = sample_manifest[sample_manifest["orig_split"] == "test"].groupby("label").head(8)
+    return load_images(train, prep, cache_dir=cache_dir), load_images(test, prep, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def fused(images):
+    return FusionDetector(member_params=SMALL_MEMBERS, image_size=64, seed=0, device="cpu", batch_size=16) \
+        .fit(images[0])
+
+
+def test_score_is_the_mean_of_member_scores_standardised_on_held_out_normals(fused, images):
+    test = images[1]
+    table = fused.score(test)
+    assert list(fused.components) == ["dae", "regional"] and (table["error"] == "").all()
+    np.testing.assert_allclose(table["score"], table[["dae", "regional"]].mean(axis=1), rtol=1e-9)
+    # each member scores the input resized to its own size: its raw score, standardised by the stored
+    # median and IQR, which are those of its scores on the held-out normals
+    for name, member in zip(fused.components, fused.members_):
+        raw = member._rescore(member._score(np.asarray(member._as_imageset(test).images)))
+        median, scale = fused.standardise_[name]
+        np.testing.assert_allclose(table[name], (raw - median) / scale, rtol=1e-4, atol=1e-4)
+    # the held-out normals sit around 0 on every member's scale, so the fused threshold is a few units
+    assert all(s > 0 for _, s in fused.standardise_.values())
+    assert -1 < np.median(fused.normal_scores_) < 1 and fused.threshold_ > np.median(fused.normal_scores_)
+    # one image alone scores as it does in the batch
+    alone = fused.score(np.asarray(test.images[:1]))["score"].iloc[0]
+    assert alone == pytest.approx(table["score"].iloc[0], rel=1e-6)
+
+
+def test_pictures_come_from_the_first_member_that_has_them(fused, images):
+    x = np.asarray(images[1].images[:3])
+    assert fused.anomaly_map(x).shape == (3, 64, 64)  # the DAE's 32 px map, brought to the input size
+    assert fused.reconstruct(x).shape == (3, 64, 64)
+    assert fused.features(x).shape[0] == 3
+
+
+def test_save_load_round_trip_and_mismatched_members_refused(fused, images, tmp_path):
+    fused.save(tmp_path / "m")
+    again = load_detector(tmp_path / "m", device="cpu")
+    assert isinstance(again, FusionDetector) and [m.kind for m in again.members_] == ["dae", "regional"]
+    np.testing.assert_allclose(again.score(images[1])["score"], fused.score(images[1])["score"], rtol=1e-5)
+    assert again.threshold_ == fused.threshold_
+    doc = json.loads((tmp_path / "m" / "model.json").read_text())
+    doc["params"]["members"] = ["regional", "dae"]
+    (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="members"):
+        load_detector(tmp_path / "m", device="cpu")
+
+
+def test_cae_member_keeps_its_or_rule_calibration(images, tmp_path):
+    det = FusionDetector(members=["cae", "regional"], image_size=64, device="cpu", seed=0,
+                         member_params={"cae": {"image_size": 64, "epochs": 1}}).fit(images[0])
+    cae = det.members_[0]
+    assert set(cae.component_stats_) == {"recon_error", "neg_log_density"}
+    det.save(tmp_path / "c")
+    np.testing.assert_allclose(load_detector(tmp_path / "c", device="cpu").score(images[1])["score"],
+                               det.score(images[1])["score"], rtol=1e-5)
+
+
+def test_bad_settings_are_refused_before_training():
+    with pytest.raises(BundleError, match="unknown detector kind"):
+        FusionDetector(members=["dae", "nope"])
+    with pytest.raises(ValueError, match="not members"):
+        FusionDetector(members=["dae"], member_params={"regional": {}})
+    with pytest.raises(ValueError, match="rule"):
+        FusionDetector(rule="median")
+
+
+def test_cli_trains_and_scores_a_fusion(sample_manifest, tmp_path, capsys, shared_data):
+    data = tmp_path / "train.csv"
+    sample_manifest[sample_manifest["orig_split"] == "train"].head(40).to_csv(data, index=False)
+    out = tmp_path / "model"
+    assert main(["train", "--data", str(data), "--detector", "fusion", "--image-size", "64", "--epochs", "1",
+                 "--param", "member_params={dae: {image_size: 32, width: 8, depth: 3}}", "--out", str(out),
+                 "--quiet"]) == 0
+    det = load_detector(out, device="cpu")
+    assert det.members_[0].epochs == 1 and len(det.history_["dae.train_loss"]) == 1  # --epochs reached the DAE
+    image = shared_data / "kermany224" / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
+    capsys.readouterr()
+    assert main(["score", str(image), "--model", str(out), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert {"dae", "regional", "score"} <= set(row) and np.isfinite(row["score"])
