@@ -100,3 +100,14 @@ def test_cli_trains_and_scores_a_fusion(sample_manifest, tmp_path, capsys, share
     assert main(["score", str(image), "--model", str(out), "--json"]) == 0
     row = json.loads(capsys.readouterr().out)[0]
     assert {"dae", "regional", "score"} <= set(row) and np.isfinite(row["score"])
+
+
+def test_a_member_that_diverges_on_every_normal_is_a_clear_error(images, monkeypatch):
+    from cxrad.data import DataError
+    from cxrad.models.regional import RegionalDetector
+
+    real = RegionalDetector._score
+    monkeypatch.setattr(RegionalDetector, "_score",
+                        lambda self, x: {k: np.full(len(x), np.nan) for k in real(self, x)})
+    with pytest.raises(DataError, match="regional normal validation"), pytest.warns(RuntimeWarning):
+        FusionDetector(member_params=SMALL_MEMBERS, image_size=64, device="cpu").fit(images[0])

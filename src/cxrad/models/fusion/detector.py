@@ -18,7 +18,7 @@ import torch
 
 from ...bundle import detector_class
 from ...data import ImageSet
-from ...detector import RUNTIME_PARAMS, Detector
+from ...detector import RUNTIME_PARAMS, Detector, _finite
 
 RULES = ("mean", "max")
 _IQR_TO_SD = 1.349  # the IQR of a standard normal distribution
@@ -69,8 +69,9 @@ class FusionDetector(Detector):
             m._fit(self._at_size(m, train), self._at_size(m, val))
             # members with their own score calibration (the CAE's OR rule) learn it on the same normals
             m._calibrate_components(m._score(self._at_size(m, val)))
+        # the members' loss curves (a statistics member's one-off summaries would flatten the plot)
         self.history_ = {f"{name}.{k}": v for name, m in zip(self.components, self.members_)
-                         for k, v in getattr(m, "history_", {}).items()}
+                         for k, v in getattr(m, "history_", {}).items() if "loss" in k}
 
     def _member_scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
         return {name: np.asarray(m._score(self._at_size(m, images))["score"], np.float64)
@@ -79,7 +80,7 @@ class FusionDetector(Detector):
     def _calibrate_components(self, raw: dict) -> None:
         self.standardise_ = {}
         for name in self.components:
-            s = raw[name][np.isfinite(raw[name])]
+            s = _finite(raw[name], f"{name} normal validation")
             q1, median, q3 = np.percentile(s, [25, 50, 75])
             scale = (q3 - q1) / _IQR_TO_SD
             self.standardise_[name] = (float(median), float(scale if scale > 0 else np.std(s) + 1e-12))
