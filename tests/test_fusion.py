@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from cxrad.cli import main
 from cxrad.data import load_images
 from cxrad.models.fusion import FusionDetector
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL_MEMBERS = {"dae": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3}, "regional": {"image_size": 64}}
 
 
@@ -90,10 +92,12 @@ def test_cli_trains_and_scores_a_fusion(sample_manifest, tmp_path, capsys, share
     data = tmp_path / "train.csv"
     sample_manifest[sample_manifest["orig_split"] == "train"].head(40).to_csv(data, index=False)
     out = tmp_path / "model"
-    assert main(["train", "--data", str(data), "--detector", "fusion", "--image-size", "64", "--epochs", "1",
-                 "--param", "member_params={dae: {image_size: 32, width: 8, depth: 3}}", "--out", str(out),
-                 "--quiet"]) == 0
+    # the shipped config, with a smaller DAE for the test (a --param replaces the config's value)
+    assert main(["train", "--config", str(ROOT / "configs" / "fusion.yaml"), "--data", str(data), "--image-size",
+                 "64", "--epochs", "1", "--param", "member_params={dae: {image_size: 32, width: 8, depth: 3}}",
+                 "--out", str(out), "--quiet"]) == 0
     det = load_detector(out, device="cpu")
+    assert det.members == ["dae", "regional"] and det.rule == "mean" and det.kind == "fusion"
     assert det.members_[0].epochs == 1 and len(det.history_["dae.train_loss"]) == 1  # --epochs reached the DAE
     image = shared_data / "kermany224" / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
     capsys.readouterr()
