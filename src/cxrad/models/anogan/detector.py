@@ -246,7 +246,10 @@ class AnoGANDetector(_GANDetector):
 
 
 class FAnoGANDetector(_GANDetector):
-    """f-AnoGAN: an izi_f encoder trained with G and D frozen maps an image to z in one forward pass."""
+    """f-AnoGAN: an izi_f encoder trained with G and D frozen maps an image to z in one forward pass.
+
+    Given the ``checkpoint_dir`` of an AnoGAN trained on the same images with the same GAN settings, it
+    reuses that GAN (as the paper's two-stage training does) and trains only the encoder."""
 
     kind = "fanogan"
 
