@@ -3,6 +3,7 @@ into the package as a shipped model.
 
     python tools/ship_model.py runs/pretrained/dae-cxr-64 dae-cxr-64 --default \
         --command "cxrad train --data runs/default_train.csv --detector dae ..."
+    python tools/ship_model.py runs/fusion-mix fusion --evaluate-only    # a candidate's AUROCs, nothing shipped
 
 The bundle must have been trained on `tools/default_training_manifest.py`'s images (kermany224 train normals
 + nih_cxr14_talo train normals): every test split below is then disjoint from its training images, and
@@ -72,16 +73,22 @@ def main() -> None:
     ap.add_argument("bundle")
     ap.add_argument("name")
     ap.add_argument("--default", action="store_true", help="make it the default model")
-    ap.add_argument("--command", required=True, help="the cxrad train command that made it")
+    ap.add_argument("--command", help="the cxrad train command that made it (required unless --evaluate-only)")
+    ap.add_argument("--evaluate-only", action="store_true", help="print the AUROCs; ship nothing")
     ap.add_argument("--machine", default="CPU, 2 cores")
     ap.add_argument("--cache-dir", default=".cache/cxrad")
     args = ap.parse_args()
+    if not args.evaluate_only and not args.command:
+        ap.error("--command is required to ship a model")
     det = load_detector(args.bundle, device="cpu")
     results = {}
     for proto in PROTOCOLS:
         r = evaluate_model(det, load_protocol(proto).test, None, cache_dir=args.cache_dir)
         results[proto] = {k: v for k, v in r.items() if k not in ("tables", "scores")}
-        print(f"{proto}: AUROC {r['auroc']:.3f} {r['auroc_ci']}", flush=True)
+        lo, hi = r["auroc_ci"]
+        print(f"{proto}: AUROC {r['auroc']:.3f} ({lo:.3f}-{hi:.3f}); components {r['components']}", flush=True)
+    if args.evaluate_only:
+        return
     dest = PRETRAINED_DIR / args.name
     if dest.exists():
         shutil.rmtree(dest)
