@@ -3,7 +3,7 @@ normal images, then averaged.
 
 Method: late fusion of heterogeneous outlier detectors by score standardisation and averaging (Aggarwal &
 Sathe, "Theoretical foundations and algorithms for outlier ensembles", SIGKDD Explorations 17(1), 2015;
-PyOD's ``combination.average`` over standardised scores). Averaging helps when the members make different
+PyOD's ``pyod.models.combination.average`` over standardised scores). Averaging helps when the members make different
 mistakes: here a learned pixel model (the coarse-noise DAE, which heals opacities) and hand-crafted regional
 statistics (which see brightness and texture shifts directly).
 
@@ -104,15 +104,16 @@ class FusionDetector(Detector):
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray | None:
         try:
-            return self._first("reconstruct", images, none_ok=False)
+            return self._first("reconstruct", images)
         except NotImplementedError:
             return None
 
     def features(self, images: np.ndarray) -> np.ndarray:
         return self._first("features", images)
 
-    def _first(self, method: str, images: np.ndarray, none_ok: bool = True) -> np.ndarray:
-        """The first member's output that exists, resized back to the fusion's input size."""
+    def _first(self, method: str, images: np.ndarray) -> np.ndarray:
+        """The first member's output that exists (not raising NotImplementedError, not None), with maps
+        resized back to the fusion's input size."""
         for m in self.members_:
             try:
                 out = getattr(m, method)(self._at_size(m, images))
