@@ -115,3 +115,13 @@ def test_a_member_that_diverges_on_every_normal_is_a_clear_error(images, monkeyp
                         lambda self, x: {k: np.full(len(x), np.nan) for k in real(self, x)})
     with pytest.raises(DataError, match="regional normal validation"), pytest.warns(RuntimeWarning):
         FusionDetector(member_params=SMALL_MEMBERS, image_size=64, device="cpu").fit(images[0])
+
+
+def test_dashboard_scores_uploads_with_a_fusion_model(fused, shared_data):
+    from cxrad.app.logic import score_uploads
+
+    xray = shared_data / "kermany224" / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
+    good, bad = score_uploads(fused, [("x.jpeg", xray.read_bytes()), ("broken.png", b"not an image")])
+    assert np.isfinite(good.score) and good.heatmap is not None and good.reconstruction is not None
+    assert good.heatmap.shape[:2] == good.image.shape[:2]
+    assert bad.error and bad.score is None
