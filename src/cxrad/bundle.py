@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 FORMAT = "cxrad-bundle"
 FORMAT_VERSION = 1
@@ -93,15 +93,7 @@ def save_bundle(path, kind: str, meta: dict, tensors: dict[str, torch.Tensor]) -
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(clean, tmp)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path / TENSOR_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path / TENSOR_FILE, save(clean))
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "environment": environment(), **meta}
     atomic_write_text(path / META_FILE, json.dumps(doc, indent=2, sort_keys=False, default=_json_default))
     return path
