@@ -1,108 +1,69 @@
-"""Model bundles: a folder with ``model.json`` (everything but numbers) and ``model.safetensors`` (weights
-and arrays). Loading parses JSON and safetensors only, so a bundle from a stranger executes nothing."""
+"""Model bundles: a folder with ``model.json`` (settings, thresholds, history: everything but arrays) and one
+safetensors file of arrays. Loading parses JSON and safetensors only, so a bundle from a stranger executes
+nothing.
+
+Integrity: model.json names the weights file and its SHA-256; the weights are verified before they are
+parsed, and both files are size-capped before they are read. All-or-nothing writes: the weights go to a new
+file named by their hash, then model.json is replaced in one rename (the commit point), then the old weights
+file is removed. A kill at any moment leaves the previous bundle or the new one, never a mix.
+"""
 from __future__ import annotations
 
-import contextlib
-import importlib
+import hashlib
 import json
-import os
 import platform
-import tempfile
+import re
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save
+
+from .errors import BundleError
+from .files import UnsafeFileError, atomic_write_bytes, atomic_write_text, read_regular_file, \
+    remove_stale_temporaries
 
 FORMAT = "cxrad-bundle"
-FORMAT_VERSION = 1
-META_FILE, TENSOR_FILE = "model.json", "model.safetensors"
-
-# detector kind -> "module:Class"; imported lazily so a bundle never names arbitrary code.
-DETECTORS = {
-    "cae": "cxrad.models.cae:CAEDetector",
-    "aeu": "cxrad.models.aeu:AEUDetector",
-    "dae": "cxrad.models.dae:DAEDetector",
-    "regional": "cxrad.models.regional:RegionalDetector",
-    "anogan": "cxrad.models.anogan:AnoGANDetector",
-    "fanogan": "cxrad.models.anogan:FAnoGANDetector",
-    "fusion": "cxrad.models.fusion:FusionDetector",
-}
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be loaded; the message says why."""
-
-
-def register(kind: str, target: str) -> None:
-    DETECTORS[kind] = target
-
-
-def detector_class(kind: str):
-    if kind not in DETECTORS:
-        raise BundleError(f"unknown detector kind {kind!r}; this cxrad knows {', '.join(sorted(DETECTORS))}")
-    module, _, cls = DETECTORS[kind].partition(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# read once at import: os.umask is process-wide, so toggling it later would race with writer threads
-FILE_MODE = 0o666 & ~_read_umask()
-
-
-@contextlib.contextmanager
-def atomic_open(path: Path):
-    """A binary file handle whose content replaces ``path`` only when the block completes; a crash or an
-    error leaves the old file (or none) and no partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_open(path) as fh:
-        fh.write(data)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
+FORMAT_VERSION = 2
+META_FILE = "model.json"
+LEGACY_TENSOR_FILE = "model.safetensors"  # format 1 (no checksum)
+MAX_META_BYTES = 32 * 2**20
+MAX_WEIGHTS_BYTES = 2 * 2**30
+_WEIGHTS_NAME = re.compile(r"^weights-[0-9a-f]{16}\.safetensors$")
 
 
 def environment() -> dict:
+    import torch
+
     from . import __version__
     return {"cxrad": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
 
 
-def save_bundle(path, kind: str, meta: dict, tensors: dict[str, torch.Tensor]) -> Path:
-    """Write a bundle folder. Tensors are made contiguous CPU copies; meta must be JSON-serialisable."""
+def write_bundle(path, kind: str, meta: dict, tensors: dict) -> Path:
+    """Write (or replace) a bundle folder. ``tensors`` are torch tensors; ``meta`` must be JSON-serialisable."""
+    from safetensors.torch import save
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BundleError(f"{path}: exists and is not a folder; choose another output")
     path.mkdir(parents=True, exist_ok=True)
-    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path / TENSOR_FILE, save(clean))
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "environment": environment(), **meta}
-    atomic_write_text(path / META_FILE, json.dumps(doc, indent=2, sort_keys=False, default=_json_default))
+    remove_stale_temporaries(path)
+    data = save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
+    digest = hashlib.sha256(data).hexdigest()
+    weights_name = f"weights-{digest[:16]}.safetensors"
+    atomic_write_bytes(path / weights_name, data)
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
+           "weights": {"file": weights_name, "sha256": digest, "bytes": len(data)},
+           "environment": environment(), **meta}
+    atomic_write_text(path / META_FILE, json.dumps(doc, indent=2, default=_json_default))
+    for old in [*path.glob("weights-*.safetensors"), path / LEGACY_TENSOR_FILE]:
+        if old.name != weights_name and old.exists():
+            old.unlink()
     return path
 
 
 def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
+    if isinstance(obj, np.integer):
         return int(obj)
-    if isinstance(obj, (np.floating,)):
+    if isinstance(obj, np.floating):
         return float(obj)
     if isinstance(obj, np.ndarray):
         return obj.tolist()
@@ -110,37 +71,59 @@ def _json_default(obj):
 
 
 def read_meta(path) -> dict:
+    """model.json of a bundle folder (or the file itself), checked for format and version."""
     path = Path(path)
     meta_file = path / META_FILE if path.is_dir() else path
-    if not meta_file.exists():
-        raise BundleError(f"{path}: not a cxrad model bundle (no {META_FILE})")
     try:
-        doc = json.loads(meta_file.read_text("utf-8"))
+        raw = read_regular_file(meta_file, MAX_META_BYTES)
+    except UnsafeFileError as exc:
+        if str(exc) == "file not found":
+            raise BundleError(f"{path}: not a cxrad model bundle (no {META_FILE})") from None
+        raise BundleError(f"{meta_file}: {exc}") from None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{meta_file}: not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise BundleError(f"{meta_file}: not a cxrad model bundle")
     version = doc.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in (1, FORMAT_VERSION):
         raise BundleError(f"{path}: bundle format version {version!r} is not supported by this cxrad "
                           f"(it reads version {FORMAT_VERSION}); retrain the model or upgrade cxrad")
+    if not isinstance(doc.get("kind"), str):
+        raise BundleError(f"{meta_file}: names no detector kind")
     return doc
 
 
-def load_bundle(path) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_bundle(path, allow_unverified: bool = False) -> tuple[dict, dict]:
+    """(model.json, tensors) of a bundle whose weights match their recorded SHA-256.
+
+    Format-1 bundles carry no checksum and are refused unless ``allow_unverified`` (for upgrading them)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     path = Path(path)
     doc = read_meta(path)
-    tensor_file = path / TENSOR_FILE
-    if not tensor_file.exists():
-        raise BundleError(f"{path}: bundle has no {TENSOR_FILE}")
+    folder = path if path.is_dir() else path.parent
+    if doc["format_version"] == 1:
+        if not allow_unverified:
+            raise BundleError(f"{path}: a format-1 bundle has no weights checksum; upgrade it with "
+                              "`python tools/ship_model.py --upgrade PATH` (or retrain)")
+        weights = {"file": LEGACY_TENSOR_FILE}
+    else:
+        weights = doc.get("weights")
+        if not isinstance(weights, dict) or not _WEIGHTS_NAME.match(str(weights.get("file", ""))) or \
+                not isinstance(weights.get("sha256"), str):
+            raise BundleError(f"{path}: model.json does not name a valid weights file and checksum")
     try:
-        tensors = load_file(str(tensor_file))
-    except Exception as exc:
-        raise BundleError(f"{tensor_file}: unreadable safetensors file ({exc})") from None
+        data = read_regular_file(folder / weights["file"], MAX_WEIGHTS_BYTES)
+    except UnsafeFileError as exc:
+        raise BundleError(f"{path}: weights file {weights['file']}: {exc}") from None
+    if doc["format_version"] != 1 and hashlib.sha256(data).hexdigest() != weights["sha256"]:
+        raise BundleError(f"{path}: the weights do not match their checksum in model.json (corrupt or altered "
+                          "file); restore the bundle from its source")
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{path}: unreadable safetensors file ({exc})") from None
     return doc, tensors
-
-
-def load_detector(path, device: str = "auto"):
-    """Load any bundle into its detector class, on ``device`` (auto|cpu|cuda)."""
-    doc = read_meta(path)
-    return detector_class(doc["kind"]).load(path, device=device)

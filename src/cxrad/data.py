@@ -19,22 +19,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import ImageReadError, Preprocessing, decode_image, read_bytes, resize
+from .errors import DataError, ImageReadError
+from .files import atomic_open
+from .io import Preprocessing, decode_image, read_bytes, resize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
 MANIFEST_COLUMNS = ["path", "label", "finding", "patient_id", "source", "orig_split"]
 NORMAL_WORDS = {"normal", "0", "no finding", "no_finding", "no_findings", "healthy", "negative", "false"}
 ABNORMAL_WORDS = {"abnormal", "1", "anomaly", "anomalous", "positive", "true"}
-NPZ_SEP = "::"  # "file.npz::test[12]" names one array of a MedMNIST file
-
-
-class DataError(ValueError):
-    """A dataset problem the user must fix (missing path, no images, no normal images)."""
+NPZ_SEP = "::"
+SAMPLES = Path(__file__).parent / "samples"  # "file.npz::test[12]" names one array of a MedMNIST file
 
 
 # ---------------------------------------------------------------------------------------------- manifests
 def _empty_manifest() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in MANIFEST_COLUMNS})
+
+
+def bundled_samples() -> pd.DataFrame:
+    """The manifest of the sample images shipped inside the package (CC BY / unrestricted; no TB image)."""
+    return from_csv(SAMPLES / "labels.csv", root=SAMPLES)
 
 
 def _finish(df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -45,6 +49,7 @@ def _finish(df: pd.DataFrame, source: str) -> pd.DataFrame:
                                               df["path"].map(lambda p: Path(str(p)).stem))
     df["patient_id"] = df["patient_id"].astype(str)
     df["finding"] = df["finding"].fillna("").astype(str)
+    df.loc[df["finding"].str.lower() == "no finding", "finding"] = "No finding"  # NIH writes "No Finding"
     df["orig_split"] = df["orig_split"].fillna("").astype(str)
     df["source"] = df["source"].fillna(source).astype(str)
     df["label"] = df["label"].astype(int)
@@ -188,6 +193,18 @@ def open_dataset(path, kind: str = "auto", normal: tuple[str, ...] = ("NORMAL",)
     return df
 
 
+def select_split(df: pd.DataFrame, split: str, where: str = "dataset") -> pd.DataFrame:
+    """Rows of publisher split ``split`` (case-insensitive); 'train' also matches 'train (Shenzhen)'."""
+    have = df["orig_split"].astype(str).str.strip().str.lower()
+    want = split.strip().lower()
+    mask = (have == want) | have.str.startswith(want + " (")
+    if not mask.any():
+        present = sorted(set(df["orig_split"].astype(str)) - {""})
+        raise DataError(f"{where}: no images in split {split!r}; its splits are: "
+                        f"{', '.join(present) if present else 'none (the data has no split column)'}")
+    return df[mask.to_numpy()].reset_index(drop=True)
+
+
 # ------------------------------------------------------------------------------------- hashing and splits
 def file_hash(path: str) -> str:
     """SHA-256 of a file's bytes (of the array, for an npz entry); '' if unreadable."""
@@ -280,7 +297,6 @@ def default_cache_dir() -> Path:
 
 
 def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    from .bundle import atomic_open  # imported here: it brings torch, which reading data does not need
     with atomic_open(path) as fh:
         np.save(fh, arr)
 
@@ -387,6 +403,55 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
     if set_file is not None and ok.all():
         _try_cache(set_file, images)
     return ImageSet(images, frame[ok].reset_index(drop=True), prep, errors)
+
+
+
+def as_imageset(data, prep: Preprocessing, cache_dir=None, progress: bool = False) -> ImageSet:
+    """Any supported input as an ImageSet at ``prep``'s size: an ImageSet (resized if its size differs), a
+    uint8 or [0, 1] float array (N, H, W) or (H, W), a manifest DataFrame, or paths (unreadable files become
+    error rows)."""
+    if isinstance(data, ImageSet):
+        if data.images.shape[1:] == (prep.size, prep.size):
+            return data
+        images = np.stack([resize(im.astype(np.float32) / 255.0, prep) for im in data.images]) \
+            if len(data) else np.zeros((0, prep.size, prep.size), np.uint8)
+        return ImageSet(images, data.frame, prep, data.errors)
+    if isinstance(data, (str, os.PathLike, list, tuple, pd.DataFrame)):
+        return load_images(data, prep, cache_dir=cache_dir, progress=progress)
+    if hasattr(data, "__array__"):
+        arr = np.asarray(data)
+        return as_imageset(ImageSet.from_arrays(arr[None] if arr.ndim == 2 else arr), prep)
+    raise TypeError(f"cannot read images from a {type(data).__name__}; give an ImageSet, an array (N, H, W), "
+                    "a manifest DataFrame or paths")
+
+
+def hold_out_normals(normal: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """Split normal images into (train, validation) by patient, ``fraction`` of the images held out (at least
+    two, whole patients)."""
+    if len(normal) < 10:
+        raise DataError(f"need at least 10 normal images to hold out validation ones, got {len(normal)}")
+    if "patient_id" not in normal.frame:
+        is_val = np.zeros(len(normal), bool)
+        is_val[np.random.default_rng(seed).permutation(len(normal))[:max(2, int(round(fraction * len(normal))))]] = True
+    else:
+        part = split_by_patient(normal.frame, {"train": 1 - fraction, "val": fraction}, seed=seed)
+        is_val = (part == "val").to_numpy().copy()
+        if is_val.sum() < 2:  # small sets: hold out whole patients, in seeded order, until 2 images
+            groups = patient_groups(normal.frame).to_numpy()
+            for g in np.random.default_rng(seed).permutation(np.unique(groups)):
+                is_val |= groups == g
+                if is_val.sum() >= 2:
+                    break
+    return normal.subset(~is_val), normal.subset(is_val)
+
+
+def fingerprint(images: ImageSet) -> str:
+    """Order-independent hash of a set's image content (the training-data fingerprint of a bundle)."""
+    if "sha256" in images.frame and (images.frame["sha256"] != "").all():
+        items = sorted(images.frame["sha256"])
+    else:
+        items = sorted(hashlib.sha256(im.tobytes()).hexdigest() for im in np.asarray(images.images))
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
 
 
 def describe(df: pd.DataFrame) -> str:

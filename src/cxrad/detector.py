@@ -1,183 +1,152 @@
-"""The detector protocol every cxrad model follows (scikit-learn / PyOD style).
+"""The estimator contract every cxrad detector follows (scikit-learn / PyOD style).
 
-    det = SomeDetector(image_size=128).fit(normal_images)     # holds out a normal validation part
-    table = det.score(images_or_paths)                        # one row per image, higher score = more anomalous
-    det.calibrate(labelled_val, rule="crossing")              # optional: thresholds that need labels
-    det.predict(images)                                       # 1 anomalous, 0 normal, -1 unreadable
-    det.save("model/"); SomeDetector.load("model/")
+    det = DAEDetector(epochs=50).fit(normal_images)   # holds out normal validation images by patient
+    table = det.score(images_or_paths)                 # one row per image; higher score = more anomalous
+    det.decision_function(images)                      # the score column alone
+    det.calibrate(labelled_val, rule="crossing")       # optional: thresholds that need labels
+    det.predict(images)                                # 1 anomalous, 0 normal, -1 unreadable
+    det.save("model/"); DAEDetector.load("model/")
 
-Inputs are an :class:`~cxrad.data.ImageSet`, a uint8 array (N, H, W), a manifest DataFrame, or a list of
-paths; unreadable paths become error rows in the score table instead of stopping the batch.
-
-A subclass implements ``_fit(train, val)`` (uint8 arrays), ``_score(images) -> dict of per-image arrays``
-with at least ``score``, ``_tensors()`` and ``_restore(tensors, doc)``; optionally ``anomaly_map``,
-``reconstruct`` and ``features``. Fitted state ends in ``_``.
+Detectors are dataclasses, so every setting is an explicit ``__init__`` argument and ``get_params``,
+``set_params`` and ``sklearn.base.clone`` work; fitted state ends in ``_``. A subclass names its ``kind``
+(which registers it) and implements the hooks at the bottom: ``fit_arrays``, ``score_arrays``, ``weights``
+and ``restore``, optionally ``calibrate_components``/``combine``, ``anomaly_map``, ``reconstruct`` and
+``features``.
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
+import re
 import warnings
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator
 
 from . import thresholds as th
-from .bundle import BundleError, load_bundle, save_bundle
-from .data import DataError, ImageSet, load_images, patient_groups, split_by_patient
-from .io import Preprocessing, resize
+from .bundle import read_bundle, write_bundle
+from .data import DataError, ImageSet, as_imageset, fingerprint, hold_out_normals
+from .errors import BundleError, NotFittedError
+from .io import Preprocessing
+from .training import TrainConfig, resolve_device, run_key
 
-RUNTIME_PARAMS = {"device", "progress", "checkpoint_dir", "cache_dir"}
+#: settings that change how a run executes, not what it learns: left out of bundles and run keys
+RUNTIME_PARAMS = frozenset({"device", "progress", "checkpoint_dir", "cache_dir", "max_minutes",
+                            "checkpoint_minutes", "snapshot_every", "warm_start"})
+#: kind -> detector class, filled as detector modules are imported (``cxrad.models`` imports them all)
+REGISTRY: dict[str, type["Detector"]] = {}
 
 
-class NotFittedError(RuntimeError):
-    pass
+@dataclass(repr=False, eq=False)
+class Detector(BaseEstimator):
+    """Settings every detector has.
 
+    Parameters
+    ----------
+    image_size : int
+        Square input side in pixels.
+    resize : str
+        'stretch' to a square (as the seed CAE did) or 'pad' to keep the aspect ratio.
+    seed : int
+        Seed of the weights, the shuffling and the validation hold-out.
+    val_fraction : float
+        Share of the normal images (whole patients) held out to learn the normal score distribution.
+    specificity : float
+        Target specificity of the label-free quantile threshold.
+    batch_size : int
+        Images per training or scoring batch.
+    device : str
+        auto (CUDA if available), cpu or cuda[:N].
+    progress : bool
+        Show progress bars.
+    cache_dir : str
+        Preprocessing cache used when inputs are given as paths (None: no cache).
+    """
 
-class Detector:
-    kind = "base"
-    #: names of the per-image score components (besides ``score``), for tables and reports
-    components: tuple[str, ...] = ()
+    kind: ClassVar[str] = ""
+    #: per-image score components besides ``score``, for tables and reports
+    components: ClassVar[tuple[str, ...]] = ()
     #: components where a *lower* value is more anomalous (e.g. a log-density)
-    lower_is_anomalous: tuple[str, ...] = ()
+    lower_is_anomalous: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, image_size: int = 128, resize: str = "stretch", seed: int = 0, device: str = "auto",
-                 val_fraction: float = 0.1, specificity: float = 0.95, batch_size: int = 32,
-                 progress: bool = False, checkpoint_dir: str | None = None, cache_dir: str | None = None):
-        self.image_size = image_size
-        self.resize = resize
-        self.seed = seed
-        self.device = device
-        self.val_fraction = val_fraction
-        self.specificity = specificity
-        self.batch_size = batch_size
-        self.progress = progress
-        self.checkpoint_dir = checkpoint_dir
-        self.cache_dir = cache_dir
+    image_size: int = 128
+    resize: str = "stretch"
+    seed: int = 0
+    val_fraction: float = 0.1
+    specificity: float = 0.95
+    batch_size: int = 32
+    device: str = "auto"
+    progress: bool = False
+    cache_dir: str | None = None
 
-    # ------------------------------------------------------------------------------------------ params
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        names: list[str] = []
-        for klass in reversed(cls.__mro__):
-            if "__init__" in klass.__dict__ and klass is not object:
-                names += [p for p in inspect.signature(klass.__init__).parameters
-                          if p not in ("self", "kwargs", "args", "common") and p not in names]
-        return names
-
-    def get_params(self) -> dict:
-        return {n: getattr(self, n) for n in self._param_names()}
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("kind"):
+            REGISTRY[cls.kind] = cls
 
     @property
     def prep(self) -> Preprocessing:
         return Preprocessing(self.image_size, self.resize)
 
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if k not in RUNTIME_PARAMS)
-        return f"{type(self).__name__}({shown})"
-
-    # ------------------------------------------------------------------------------------------ inputs
-    def _as_imageset(self, data) -> ImageSet:
-        if isinstance(data, ImageSet):
-            if data.images.shape[1:] == (self.image_size, self.image_size):
-                return data
-            images = np.stack([resize(im.astype(np.float32) / 255.0, self.prep) for im in data.images]) \
-                if len(data) else np.zeros((0, self.image_size, self.image_size), np.uint8)
-            return ImageSet(images, data.frame, self.prep, data.errors)
-        if isinstance(data, np.ndarray) or torch.is_tensor(data):
-            arr = np.asarray(data)
-            if arr.ndim == 2:
-                arr = arr[None]
-            return self._as_imageset(ImageSet.from_arrays(arr))
-        if isinstance(data, (str, Path)) or isinstance(data, (list, tuple, pd.DataFrame)):
-            return load_images(data, self.prep, cache_dir=self.cache_dir, progress=self.progress)
-        raise TypeError(f"cannot score data of type {type(data).__name__}")
+    @classmethod
+    def settings(cls) -> list[dict]:
+        """Each setting's name, type, default and help line (from the signature and the class docstrings)."""
+        import inspect
+        helps: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            helps.update(_parameter_help(klass.__doc__ or ""))
+        sig = inspect.signature(cls.__init__)
+        return [{"name": p.name, "type": _type_name(p.annotation), "default": p.default,
+                 "help": helps.get(p.name, "")} for p in sig.parameters.values() if p.name != "self"]
 
     # ------------------------------------------------------------------------------------------- fit
-    def fit(self, data, val=None) -> "Detector":
-        """Train on normal images. Abnormal rows (label 1) in ``data`` are ignored. Without ``val``, a
-        patient-level ``val_fraction`` of the normals is held out to set the normal score distribution."""
-        images = self._as_imageset(data)
+    def fit(self, X, y=None, val=None) -> "Detector":
+        """Train on the normal images of ``X`` (rows labelled abnormal, in its manifest or ``y``, are left
+        out). Without ``val``, a patient-level ``val_fraction`` of the normals is held out to learn the normal
+        score distribution and the label-free threshold."""
+        images = as_imageset(X, self.prep, self.cache_dir, self.progress)
+        labels = images.labels if y is None else np.asarray(y, int)
         if len(images) == 0:
             raise DataError("the training set is empty (no readable images)")
-        normal = images.subset(images.labels == 0)
+        normal = images.subset(labels == 0)
         if len(normal) == 0:
             raise DataError("the training set has no normal images; detectors learn from normal images only")
         if val is None:
-            train, val = self._hold_out_validation(normal)
+            train, val = hold_out_normals(normal, self.val_fraction, self.seed)
         else:
-            train, val = normal, self._as_imageset(val)
+            train, val = normal, as_imageset(val, self.prep, self.cache_dir)
             val = val.subset(val.labels == 0)
         if len(val) < 2:
             raise DataError("need at least 2 normal validation images")
         if len(train) == 0:
             raise DataError("no normal training images are left after holding out the validation ones")
-        self.history_: dict = {}
-        self._fit(np.asarray(train.images), np.asarray(val.images))
+        self.history_ = {}
+        self.fit_arrays(np.asarray(train.images), np.asarray(val.images))
         self.n_train_, self.n_val_ = len(train), len(val)
-        self.train_fingerprint_ = _fingerprint(train)
-        val_components = self._score(np.asarray(val.images))  # scored once: mapping-based scores are costly
-        self._calibrate_components(val_components)
-        val_scores = _finite(self._rescore(val_components), "normal validation")
-        self.normal_scores_ = np.sort(val_scores.astype(np.float64))
+        self.train_fingerprint_ = fingerprint(train)
+        components = self.score_arrays(np.asarray(val.images))  # scored once: mapping-based scores are costly
+        self.calibrate_components(components)
+        val_scores = finite_scores(self.combine(components), "normal validation")
+        self.normal_scores_ = np.sort(val_scores)
         self.thresholds_ = {"quantile": th.quantile_threshold(val_scores, self.specificity)}
-        self.threshold_rule_ = "quantile"
-        self.threshold_ = self.thresholds_["quantile"]
+        self.threshold_rule_, self.threshold_ = "quantile", self.thresholds_["quantile"]
         return self
-
-    def _hold_out_validation(self, normal: ImageSet) -> tuple[ImageSet, ImageSet]:
-        """Split normal images into (train, validation) by patient, ``val_fraction`` of them held out."""
-        if len(normal) < 10:
-            raise DataError(f"need at least 10 normal images to hold out validation ones, got {len(normal)}")
-        if "patient_id" not in normal.frame:
-            rng = np.random.default_rng(self.seed)
-            is_val = np.zeros(len(normal), bool)
-            is_val[rng.permutation(len(normal))[:max(2, int(round(self.val_fraction * len(normal))))]] = True
-        else:
-            part = split_by_patient(normal.frame, {"train": 1 - self.val_fraction, "val": self.val_fraction},
-                                    seed=self.seed)
-            is_val = (part == "val").to_numpy().copy()
-            if is_val.sum() < 2:  # small sets: hold out whole patients, in seeded order, until 2 images
-                groups = patient_groups(normal.frame).to_numpy()
-                for g in np.random.default_rng(self.seed).permutation(np.unique(groups)):
-                    is_val |= groups == g
-                    if is_val.sum() >= 2:
-                        break
-        return normal.subset(~is_val), normal.subset(is_val)
-
-    def _run_key(self, train: np.ndarray, val: np.ndarray, settings: list[str] | None = None) -> str:
-        """Identifies a training run for checkpoints: data and the named settings (default: all), less
-        ``epochs`` (so a finished run can be extended) and the runtime ones."""
-        h = hashlib.sha256(np.ascontiguousarray(train).tobytes())
-        h.update(np.ascontiguousarray(val).tobytes())
-        settings = self._param_names() if settings is None else settings
-        h.update(repr(sorted((k, getattr(self, k)) for k in settings
-                             if k not in RUNTIME_PARAMS | {"epochs"})).encode())
-        return h.hexdigest()
-
-    def _calibrate_components(self, val_components: dict) -> None:
-        """Hook: learn how to combine components from normal validation scores (before thresholds)."""
-
-    def _rescore(self, components: dict) -> np.ndarray:
-        """The score from already computed components, after ``_calibrate_components``."""
-        return components["score"]
 
     def calibrate(self, data, rule: str = "crossing", specificity: float | None = None,
                   sensitivity: float | None = None, value: float | None = None, activate: bool = True) -> float:
         """Set a threshold from a labelled validation set (normal + abnormal). Returns the threshold."""
         self._check_fitted()
-        images = self._as_imageset(data)
-        scores = self._score(np.asarray(images.images))["score"] if len(images) else np.zeros(0)
-        normal = _finite(scores[images.labels == 0], "normal calibration", minimum=0)
-        abnormal = _finite(scores[images.labels == 1], "abnormal calibration", minimum=0)
+        images = as_imageset(data, self.prep, self.cache_dir)
+        scores = self.score_arrays(np.asarray(images.images))["score"] if len(images) else np.zeros(0)
+        normal = finite_scores(scores[images.labels == 0], "normal calibration", minimum=0)
+        abnormal = finite_scores(scores[images.labels == 1], "abnormal calibration", minimum=0)
         if sensitivity is not None:
             t, name = th.sensitivity_threshold(abnormal, sensitivity), f"sensitivity@{sensitivity:g}"
         elif rule == "quantile":
             spec = self.specificity if specificity is None else specificity
-            base = normal if len(normal) else self.normal_scores_
-            t, name = th.quantile_threshold(base, spec), "quantile"
+            t, name = th.quantile_threshold(normal if len(normal) else self.normal_scores_, spec), "quantile"
         else:
             t, name = th.compute_threshold(rule, normal, abnormal, value=value), rule
         self.thresholds_[name] = float(t)
@@ -185,56 +154,47 @@ class Detector:
             self.threshold_rule_, self.threshold_ = name, float(t)
         return float(t)
 
+    def set_operating_point(self, point: th.OperatingPoint) -> float:
+        """Make ``point`` (see ``thresholds.operating_point``) the active threshold."""
+        self._check_fitted()
+        self.thresholds_[point.rule] = point.threshold
+        self.threshold_rule_, self.threshold_ = point.rule, point.threshold
+        return point.threshold
+
     def set_threshold(self, rule: str | None = None, value: float | None = None,
                       specificity: float | None = None) -> float:
         """Switch the operating point: a stored rule, a fixed value, or a target specificity on the
         held-out normal scores."""
         self._check_fitted()
         if value is not None:
-            self.thresholds_["fixed"] = float(value)
-            rule = "fixed"
-        elif specificity is not None:
-            rule = f"specificity@{specificity:g}"
-            self.thresholds_[rule] = th.quantile_threshold(self.normal_scores_, specificity)
-        if rule not in self.thresholds_:
-            raise ValueError(f"no {rule!r} threshold stored; have {', '.join(self.thresholds_)} "
-                             "(labelled rules are set with calibrate())")
-        self.threshold_rule_, self.threshold_ = rule, self.thresholds_[rule]
-        return self.threshold_
+            return self.set_operating_point(th.operating_point(self, "fixed", value=value))
+        if specificity is not None:
+            return self.set_operating_point(th.operating_point(self, "specificity", target=specificity))
+        return self.set_operating_point(th.operating_point(self, "stored", rule=rule))
 
     # ----------------------------------------------------------------------------------------- score
     def _check_fitted(self) -> None:
         if not hasattr(self, "threshold_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted; call fit() or load() first")
 
-    def score(self, data) -> pd.DataFrame:
-        """Per-image table: ``score`` (higher = more anomalous), its components, ``percentile`` among
-        held-out normal scores, ``anomalous`` at the active threshold, and ``error`` for unreadable files."""
+    def score(self, X) -> pd.DataFrame:
+        """Per-image table: the manifest columns, each component, ``score`` (higher = more anomalous),
+        ``percentile`` among held-out normal scores, ``anomalous`` at the active threshold, and ``error``
+        (empty when scored). Unreadable inputs are error rows whose score and verdict are empty."""
         self._check_fitted()
-        images = self._as_imageset(data)
-        comps = self._score(np.asarray(images.images)) if len(images) else \
+        images = as_imageset(X, self.prep, self.cache_dir, self.progress)
+        comps = self.score_arrays(np.asarray(images.images)) if len(images) else \
             {k: np.zeros(0) for k in ("score", *self.components)}
-        table = images.frame.copy()
-        for name in self.components:
-            table[name] = comps[name]
-        table["score"] = comps["score"]
-        table["percentile"] = th.percentile_of(self.normal_scores_, comps["score"])
-        table["anomalous"] = comps["score"] > self.threshold_
-        table["error"] = ""
-        if len(images.errors):
-            errors = images.errors.copy()
-            for col in table.columns:
-                if col not in errors:
-                    errors[col] = np.nan if col != "anomalous" else False
-            table = pd.concat([table, errors[table.columns]], ignore_index=True)
-        bad = ~np.isfinite(table["score"].to_numpy(float)) & (table["error"] == "")
-        table.loc[bad, "error"] = "score is not finite (the model diverged on this image)"
-        return table
+        return score_table(images, comps, self.components, self.normal_scores_, self.threshold_)
 
-    def predict(self, data) -> np.ndarray:
+    def decision_function(self, X) -> np.ndarray:
+        """The anomaly score of each input (NaN for unreadable ones), in input order for arrays."""
+        return self.score(X)["score"].to_numpy(float)
+
+    def predict(self, X) -> np.ndarray:
         """1 anomalous, 0 normal, -1 for inputs that could not be scored."""
-        table = self.score(data)
-        return np.where(table["error"] != "", -1, table["anomalous"].astype(int)).astype(int)
+        table = self.score(X)
+        return np.where(table["error"] != "", -1, table["anomalous"].fillna(False).astype(int)).astype(int)
 
     # optional capabilities; a detector without them raises NotImplementedError
     def anomaly_map(self, images: np.ndarray) -> np.ndarray:
@@ -250,84 +210,176 @@ class Detector:
         raise NotImplementedError(f"{type(self).__name__} exposes no features")
 
     # ------------------------------------------------------------------------------------ persistence
-    def save(self, path) -> Path:
+    def learned_params(self) -> dict:
+        """The settings that define what was learned (runtime settings left out)."""
+        return {k: v for k, v in self.get_params(deep=False).items() if k not in RUNTIME_PARAMS}
+
+    def save(self, path):
+        """Write the fitted detector as a bundle folder (all-or-nothing, weights checksummed)."""
         self._check_fitted()
-        params = {k: v for k, v in self.get_params().items() if k not in RUNTIME_PARAMS}
         meta = {
-            "params": params,
+            "params": self.learned_params(),
             "preprocessing": self.prep.to_dict(),
-            "thresholds": self.thresholds_, "threshold_rule": self.threshold_rule_,
-            "threshold": self.threshold_,
+            "thresholds": self.thresholds_, "threshold_rule": self.threshold_rule_, "threshold": self.threshold_,
             "history": self.history_,
             "training_data": {"fingerprint": self.train_fingerprint_, "n_train": self.n_train_,
                               "n_val": self.n_val_},
-            "architecture": self._architecture(),
+            "architecture": self.architecture(),
             # held-out normal scores: every scored image's percentile is taken among them
             "normal_scores": [float(v) for v in self.normal_scores_],
-            "state": self._meta(),
+            "state": self.state(),
         }
-        tensors = {f"model.{k}": v for k, v in self._tensors().items()}
-        return save_bundle(path, self.kind, meta, tensors)
+        return write_bundle(path, self.kind, meta, {f"model.{k}": v for k, v in self.weights().items()})
 
     @classmethod
     def load(cls, path, device: str = "auto") -> "Detector":
-        from .training import resolve_device
         resolve_device(device)  # an unavailable device is the user's error, not a broken bundle
-        doc, tensors = load_bundle(path)
+        doc, tensors = read_bundle(path)
         if doc.get("kind") != cls.kind:
             raise BundleError(f"{path}: holds a {doc.get('kind')!r} model, not a {cls.kind!r} one")
-        params = dict(doc.get("params", {}))
-        unknown = set(params) - set(cls._param_names())
-        if unknown:
-            raise BundleError(f"{path}: parameters {sorted(unknown)} are unknown to this cxrad's {cls.kind}")
-        try:
-            det = cls(**params, device=device)
-            if "preprocessing" in doc and Preprocessing(**doc["preprocessing"]) != det.prep:
-                raise BundleError(f"{path}: preprocessing {doc['preprocessing']} does not match the model's "
-                                  f"input ({det.prep.to_dict()})")
-            det.thresholds_ = {k: float(v) for k, v in doc["thresholds"].items()}
-            det.threshold_rule_, det.threshold_ = doc["threshold_rule"], float(doc["threshold"])
-            det.history_ = doc.get("history", {})
-            td = doc.get("training_data", {})
-            det.train_fingerprint_, det.n_train_, det.n_val_ = td.get("fingerprint"), td.get("n_train"), \
-                td.get("n_val")
-            scores = doc["normal_scores"] if "normal_scores" in doc else tensors.pop("normal_scores").tolist()
-            det.normal_scores_ = np.sort(np.asarray(scores, dtype=np.float64))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, BundleError):
-                raise
-            raise BundleError(f"{path}: malformed model.json ({type(exc).__name__}: {exc})") from None
+        det = cls.from_document(doc, device, where=str(path))
         model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         try:
-            det._restore(model, doc.get("state", {}))
-        except (RuntimeError, KeyError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0]
+            det.restore(model, doc.get("state", {}))
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BundleError(f"{path}: weights do not fit a {cls.kind} of this architecture/size ({first})") \
                 from None
         return det
 
+    @classmethod
+    def from_document(cls, doc: dict, device: str = "auto", where: str = "bundle") -> "Detector":
+        """An unweighted detector with a bundle document's settings, thresholds and normal scores."""
+        params = dict(doc.get("params") or {})
+        known = {s["name"] for s in cls.settings()}
+        unknown = set(params) - known
+        if unknown:
+            raise BundleError(f"{where}: settings {sorted(unknown)} are unknown to this cxrad's {cls.kind}")
+        try:
+            det = cls(**params, device=device)
+            if Preprocessing(**doc["preprocessing"]) != det.prep:
+                raise BundleError(f"{where}: preprocessing {doc['preprocessing']} does not match the model's "
+                                  f"input ({det.prep.to_dict()})")
+            det.thresholds_ = {str(k): float(v) for k, v in doc["thresholds"].items()}
+            det.threshold_rule_, det.threshold_ = str(doc["threshold_rule"]), float(doc["threshold"])
+            det.history_ = doc.get("history", {})
+            td = doc.get("training_data", {})
+            det.train_fingerprint_, det.n_train_, det.n_val_ = td.get("fingerprint"), td.get("n_train"), \
+                td.get("n_val")
+            det.normal_scores_ = np.sort(np.asarray(doc["normal_scores"], dtype=np.float64))
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{where}: malformed model.json ({type(exc).__name__}: {exc})") from None
+        values = [det.threshold_, *det.thresholds_.values()]
+        if not np.all(np.isfinite(values)) or det.normal_scores_.size < 2 or \
+                not np.all(np.isfinite(det.normal_scores_)):
+            raise BundleError(f"{where}: thresholds and normal scores must be finite numbers (at least 2 scores)")
+        return det
+
     # -------------------------------------------------------------------------------- subclass hooks
-    def _fit(self, train: np.ndarray, val: np.ndarray) -> None:
+    def fit_arrays(self, train: np.ndarray, val: np.ndarray) -> None:
+        """Learn from uint8 normal images (N, H, W) at the model's size; ``val`` is held out."""
         raise NotImplementedError
 
-    def _score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-image arrays: ``score`` and every name in ``components``."""
         raise NotImplementedError
 
-    def _tensors(self) -> dict[str, torch.Tensor]:
+    def calibrate_components(self, val_components: dict) -> None:
+        """Learn how to combine components from held-out normal scores (before thresholds are set)."""
+
+    def combine(self, components: dict) -> np.ndarray:
+        """The score from already computed components, after ``calibrate_components``."""
+        return components["score"]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The fitted arrays, for the bundle's safetensors file."""
         raise NotImplementedError
 
-    def _meta(self) -> dict:
+    def state(self) -> dict:
+        """Fitted values other than arrays (JSON), for the bundle's model.json."""
         return {}
 
-    def _architecture(self) -> dict:
+    def restore(self, weights: dict[str, torch.Tensor], state: dict) -> None:
+        """Rebuild the fitted model from ``weights()`` and ``state()`` of a saved detector."""
+        raise NotImplementedError
+
+    def architecture(self) -> dict:
         """What the weights are (written to model.json for people and tools; loading checks the weights)."""
         return {"detector": type(self).__name__, "input_size": [self.image_size, self.image_size]}
 
-    def _restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
-        raise NotImplementedError
+
+@dataclass(repr=False, eq=False)
+class TrainedDetector(Detector):
+    """Settings of detectors trained by gradient descent (through ``cxrad.training.fit_epochs``).
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the training images.
+    lr : float
+        Learning rate.
+    checkpoint_dir : str
+        Folder for the resumable training state (None: no checkpoints).
+    checkpoint_minutes : float
+        Minutes between checkpoints (written at the next epoch end).
+    max_minutes : float
+        Stop at the first epoch end after this many minutes; fitting again with the same checkpoint_dir continues.
+    warm_start : bool
+        Start from the current (fitted or loaded) weights instead of new ones: fine-tuning.
+    snapshot_every : int
+        Also keep the weights every this many training samples, in checkpoint_dir/snapshots (learning curves).
+    """
+
+    epochs: int = 50
+    lr: float = 1e-3
+    checkpoint_dir: str | None = None
+    checkpoint_minutes: float = 5.0
+    max_minutes: float | None = None
+    warm_start: bool = False
+    snapshot_every: int | None = None
+
+    def train_config(self, train: np.ndarray, val: np.ndarray, desc: str, **settings) -> TrainConfig:
+        """The loop's settings for this detector; the run key ties checkpoints to the data, the learned
+        settings (less ``epochs``, so a finished run can be extended) and the starting weights."""
+        start = self.weights() if self.warm_start and self.is_fitted_network() else {}
+        key = run_key(train, val, {k: v for k, v in self.learned_params().items() if k != "epochs"}, start)
+        cfg = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
+               "device": self.device, "checkpoint_dir": self.checkpoint_dir,
+               "checkpoint_minutes": self.checkpoint_minutes, "max_minutes": self.max_minutes,
+               "snapshot_every": self.snapshot_every, "progress": self.progress, "desc": desc, "key": key}
+        return TrainConfig(**{**cfg, **settings})
+
+    def is_fitted_network(self) -> bool:
+        return hasattr(self, "threshold_")
+
+    def record(self, result) -> None:
+        """Keep the loop's history, and whether a time box stopped it before the last epoch."""
+        self.history_ = {**getattr(self, "history_", {}), **result.history}
+        self.epochs_done_, self.training_finished_ = result.epochs_done, result.finished
+
+    def state(self) -> dict:
+        return {"epochs_done": getattr(self, "epochs_done_", self.epochs),
+                "training_finished": bool(getattr(self, "training_finished_", True))}
+
+    @classmethod
+    def from_document(cls, doc: dict, device: str = "auto", where: str = "bundle") -> "Detector":
+        det = super().from_document(doc, device, where)
+        state = doc.get("state") or {}
+        det.epochs_done_ = state.get("epochs_done", det.epochs)
+        det.training_finished_ = bool(state.get("training_finished", True))
+        return det
 
 
-def _finite(scores: np.ndarray, what: str, minimum: int = 2) -> np.ndarray:
+def detector_class(kind: str) -> type[Detector]:
+    """The registered class of a detector kind (``cxrad.models`` must be imported to register them all)."""
+    if kind not in REGISTRY:
+        raise BundleError(f"unknown detector kind {kind!r}; this cxrad knows {', '.join(sorted(REGISTRY)) or 'none'}")
+    return REGISTRY[kind]
+
+
+def finite_scores(scores, what: str, minimum: int = 2) -> np.ndarray:
     """Drop scores that diverged (NaN/inf, e.g. a latent mapping that blew up) before setting thresholds."""
     scores = np.asarray(scores, dtype=np.float64)
     ok = np.isfinite(scores)
@@ -339,10 +391,39 @@ def _finite(scores: np.ndarray, what: str, minimum: int = 2) -> np.ndarray:
     return scores[ok]
 
 
-def _fingerprint(images: ImageSet) -> str:
-    """Order-independent hash of the training images' content."""
-    if "sha256" in images.frame and (images.frame["sha256"] != "").all():
-        items = sorted(images.frame["sha256"])
-    else:
-        items = sorted(hashlib.sha256(im.tobytes()).hexdigest() for im in np.asarray(images.images))
-    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+def score_table(images: ImageSet, comps: dict, components, normal_scores, threshold: float) -> pd.DataFrame:
+    """The rows of ``Detector.score``: scored images in order, then unreadable ones (empty score/verdict)."""
+    table = images.frame.copy()
+    for name in components:
+        table[name] = np.asarray(comps[name], np.float64)
+    scores = np.asarray(comps["score"], np.float64)
+    table["score"] = scores
+    table["percentile"] = th.percentile_of(normal_scores, scores)
+    table["anomalous"] = pd.array(scores > threshold, dtype="boolean")
+    table["error"] = ""
+    bad = ~np.isfinite(scores)
+    table.loc[bad, "error"] = "score is not finite (the model diverged on this image)"
+    if len(images.errors):
+        errors = images.errors.copy()
+        for col in table.columns:
+            if col not in errors:
+                errors[col] = pd.NA if col == "anomalous" else np.nan
+        table = pd.concat([table, errors[table.columns]], ignore_index=True)
+        table["anomalous"] = table["anomalous"].astype("boolean")
+    table.loc[table["error"] != "", ["score", "percentile", "anomalous"]] = [np.nan, np.nan, pd.NA]
+    return table
+
+
+def _parameter_help(doc: str) -> dict[str, str]:
+    """numpydoc 'Parameters' entries: 'name : type' followed by an indented help line."""
+    section = re.split(r"\n\s*Parameters\s*\n\s*-+\s*\n", doc, maxsplit=1)
+    if len(section) < 2:
+        return {}
+    out = {}
+    for m in re.finditer(r"^\s*(\w+) : [^\n]*\n\s+(.+)$", section[1], re.MULTILINE):
+        out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _type_name(annotation) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import ImageReadError
+
 # Largest image we agree to decode (pixels). A 4k x 4k radiograph is 16.7 MP; anything far beyond is
 # a decompression bomb or not an X-ray.
 MAX_PIXELS = 64_000_000
@@ -22,10 +24,6 @@ MAX_PIXELS = 64_000_000
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
-
-
-class ImageReadError(ValueError):
-    """A file that cannot be turned into an image; the message says why, in one line."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .bundle import BundleError
+from .errors import BundleError
+from .models import Detector, load_detector
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -41,7 +42,8 @@ def resolve(name_or_path: str | Path | None) -> Path:
                       f"{', '.join(models) or 'none'})")
 
 
-def load_model(name_or_path: str | Path | None = None, device: str = "auto"):
-    """A detector from a bundle folder, a shipped model name, or (None) the shipped default."""
-    from .bundle import load_detector
-    return load_detector(resolve(name_or_path), device=device)
+def load_model(model: str | Path | Detector | None = None, device: str = "auto") -> Detector:
+    """A detector from a bundle folder, a shipped model name, (None) the shipped default, or itself."""
+    if isinstance(model, Detector):
+        return model
+    return load_detector(resolve(model), device=device)

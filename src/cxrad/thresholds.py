@@ -10,6 +10,8 @@ An image is anomalous when its score is strictly above the threshold.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 from sklearn.neighbors import KernelDensity
@@ -105,3 +107,53 @@ def percentile_of(normal_scores_sorted: np.ndarray, scores) -> np.ndarray:
     if ref.size == 0:
         return np.full(np.shape(scores), np.nan)
     return 100.0 * np.searchsorted(ref, np.asarray(scores, float), side="right") / ref.size
+
+
+# ---------------------------------------------------------------------------------- operating points
+OPERATING_MODES = ("stored", "specificity", "sensitivity", "fixed")
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A threshold and where it came from; the CLI, the report and the dashboard all set verdicts with one."""
+
+    threshold: float
+    rule: str   # the name it is stored under in a bundle's thresholds, e.g. "quantile", "specificity@0.9"
+    label: str  # for people, e.g. "stored quantile", "specificity 0.9"
+
+
+def operating_point(det, mode: str = "stored", rule: str | None = None, target: float | None = None,
+                    value: float | None = None, abnormal_scores=None) -> OperatingPoint:
+    """The operating point of a fitted detector:
+
+    - ``stored``: a threshold saved in the bundle (``rule``; the active one by default);
+    - ``specificity``: the ``target`` quantile of the held-out normal validation scores;
+    - ``sensitivity``: flags the ``target`` share of ``abnormal_scores`` (confirmed-abnormal calibration
+      images: a bundle stores normal scores only);
+    - ``fixed``: the threshold ``value``.
+    Raises ValueError with the reason when it cannot be set."""
+    if mode == "stored":
+        rule = rule or det.threshold_rule_
+        if rule not in det.thresholds_:
+            raise ValueError(f"no {rule!r} threshold stored; have {', '.join(det.thresholds_)} "
+                             "(labelled rules are set with calibrate())")
+        return OperatingPoint(float(det.thresholds_[rule]), rule, f"stored {rule}")
+    if mode == "fixed":
+        if value is None or not np.isfinite(value):
+            raise ValueError(f"a fixed threshold must be a finite number, got {value}")
+        return OperatingPoint(float(value), "fixed", f"fixed {value:g}")
+    if mode not in OPERATING_MODES:
+        raise ValueError(f"unknown operating point {mode!r}; choose from {', '.join(OPERATING_MODES)}")
+    if target is None or not 0 < target < 1:
+        raise ValueError(f"the target {mode} must be between 0 and 1 (exclusive), got {target}")
+    if mode == "specificity":
+        return OperatingPoint(quantile_threshold(det.normal_scores_, target), f"specificity@{target:g}",
+                              f"specificity {target:g}")
+    scores = np.asarray([] if abnormal_scores is None else abnormal_scores, float)
+    scores = scores[np.isfinite(scores)]
+    if scores.size == 0:
+        raise ValueError("a target sensitivity needs images known to be abnormal: a model stores only normal "
+                         "validation scores. Give confirmed-abnormal calibration images, or choose a stored "
+                         "threshold or a target specificity.")
+    return OperatingPoint(sensitivity_threshold(scores, target), f"sensitivity@{target:g}",
+                          f"sensitivity {target:g} on {scores.size} abnormal image(s)")

@@ -25,10 +25,11 @@ from PIL import Image
 
 from .. import thresholds as th
 from ..data import ImageSet
-from ..io import ImageReadError, Preprocessing, decode_image, resize
+from ..errors import ImageReadError
+from ..io import Preprocessing, decode_image, resize
+from .launch import DEFAULT_MAX_UPLOAD_MB
 
-#: per-file upload cap (MB); the launcher passes the same value to Streamlit's server.maxUploadSize
-DEFAULT_MAX_UPLOAD_MB = 32
+
 #: most files scored in one batch: each keeps display images in memory
 MAX_FILES = 100
 #: longest side of the images shown on the page (the model sees its own size)

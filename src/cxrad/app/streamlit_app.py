@@ -10,7 +10,8 @@ import streamlit as st
 
 from cxrad.app import logic
 from cxrad.app.launch import ENV_MAX_MB, ENV_MODEL
-from cxrad.bundle import BundleError, load_detector
+from cxrad.errors import BundleError
+from cxrad.models import load_detector
 from cxrad.pretrained import available, default_name
 
 PATH_OPTION = "A bundle folder (path)"
@@ -49,7 +50,7 @@ def choose_model():
         path = Path(text.strip()).expanduser()
     else:
         path = shipped[choice]
-    meta = path / "model.safetensors"
+    meta = path / "model.json"  # replaced last when a bundle is written: its time stamps the version
     try:
         det = load_model(str(path.resolve()), meta.stat().st_mtime if meta.exists() else 0.0)
     except (BundleError, OSError, ValueError) as exc:

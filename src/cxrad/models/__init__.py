@@ -1,1 +1,19 @@
-"""One folder per detector: the pure ``nn.Module`` (model.py) and its training/scoring (detector.py)."""
+"""Every detector, one folder each; importing this package registers them all by their ``kind``."""
+from __future__ import annotations
+
+from ..bundle import read_meta
+from ..detector import REGISTRY, Detector, detector_class
+from .aeu import AEUDetector
+from .anogan import AnoGANDetector, FAnoGANDetector
+from .cae import CAEDetector
+from .dae import DAEDetector
+from .fusion import FusionDetector
+from .regional import RegionalDetector
+
+__all__ = ["AEUDetector", "AnoGANDetector", "CAEDetector", "DAEDetector", "Detector", "FAnoGANDetector",
+           "FusionDetector", "REGISTRY", "RegionalDetector", "detector_class", "load_detector"]
+
+
+def load_detector(path, device: str = "auto") -> Detector:
+    """Load any bundle into its registered detector class, on ``device`` (auto|cpu|cuda)."""
+    return detector_class(read_meta(path)["kind"]).load(path, device=device)

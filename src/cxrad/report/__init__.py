@@ -5,8 +5,8 @@ HTML page (figures embedded, opens offline).
     rep = build_report("runs/model", manifest_or_imageset, "runs/report")
     rep.html  # runs/report/report.html
 
-Metrics and tables come from :func:`cxrad.cli.evaluate_model` (which also writes scores.csv, metrics.json and
-the breakdown CSVs beside the report); this module only picks examples, runs t-SNE and draws.
+Metrics and tables come from :func:`cxrad.evaluation.evaluate_model` (which also writes the scores,
+metrics.json and the breakdown CSVs beside the report); this module only picks examples, runs t-SNE and draws.
 """
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..data import ImageSet, deduplicate, load_images, open_dataset
+from ..evaluation import evaluate_model, threshold_table
+from ..files import atomic_write_text
+from ..pretrained import load_model
 
 FIGURES = ("loss_curves", "examples_normal_most", "examples_normal_least", "examples_abnormal_most",
            "examples_abnormal_least", "score_densities", "roc_pr", "tsne", "confusion_matrix")
@@ -29,14 +34,7 @@ class Report:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def _load_model(model, device: str):
-    from ..detector import Detector
-    from ..pretrained import load_model
-    return model if isinstance(model, Detector) else load_model(model, device)
-
-
 def _load_data(data, det, cache_dir, progress):
-    from ..data import ImageSet, deduplicate, load_images, open_dataset
     if isinstance(data, ImageSet):
         if data.images.shape[1:] != (det.image_size, det.image_size):
             raise ValueError(f"the images are {data.images.shape[1:]} but the model expects "
@@ -45,23 +43,6 @@ def _load_data(data, det, cache_dir, progress):
     if isinstance(data, (str, Path)):
         data = deduplicate(open_dataset(data))[0]
     return load_images(data, det.prep, cache_dir=cache_dir, progress=progress)
-
-
-def threshold_table(det, labels, scores, metrics: dict) -> pd.DataFrame:
-    """The seed write-up's "recall and AUROC" table: recall (and the other verdict metrics) at every stored
-    threshold, with the AUROC and its CI (which do not depend on the threshold)."""
-    from ..metrics import binary_metrics
-    rows = []
-    for rule, t in det.thresholds_.items():
-        m = binary_metrics(labels, np.asarray(scores) > t)
-        row = {"threshold_rule": rule, "active": rule == det.threshold_rule_, "threshold": t,
-               "recall": m["sensitivity"], "specificity": m["specificity"], "precision": m["precision"],
-               "f1": m["f1"], "auroc": metrics["auroc"],
-               "auroc_95ci": "{:.3f}-{:.3f}".format(*metrics["auroc_ci"])}
-        if hasattr(det, "component_thresholds"):
-            row.update(det.component_thresholds(t))
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def _pick_examples(ok: pd.DataFrame, label: int, k: int) -> dict[str, pd.DataFrame]:
@@ -109,14 +90,12 @@ def build_report(model, data, out_dir, *, examples: int = 4, max_tsne: int = 100
     """Evaluate ``model`` (a fitted detector, a bundle folder or a shipped model name) on labelled ``data``
     (an ImageSet at the model's size, a manifest DataFrame, or a dataset path) and write ``report.html``,
     every figure as PNG, and evaluate's scores/metrics/table files under ``out_dir``."""
-    from ..bundle import atomic_write_text
-    from ..cli import evaluate_model
     from . import figures as F
     from .html import render
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    det = _load_model(model, device)
+    det = load_model(model, device)
     images = _load_data(data, det, cache_dir, progress)
     if len(images) == 0:
         raise ValueError("no readable images to report on")

@@ -6,94 +6,113 @@ generator can reproduce it: a pixel residual plus a residual on the discriminato
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
-from ...detector import Detector
-from ...training import (Checkpointer, batches, map_batches, progress_bar, resolve_device, seed_everything,
-                         to_tensor)
+from ...detector import TrainedDetector
+from ...training import (TrainConfig, batches, fit_epochs, load_module, loss_step, map_batches, progress_bar,
+                         resolve_device, run_key, to_tensor, wrap_ddp)
 from .model import Discriminator, Encoder, Generator, check_size
 
 OPTIMIZERS = ("adam", "rmsprop")
+#: the settings that define the GAN: an f-AnoGAN given an AnoGAN's checkpoint_dir with these equal reuses its GAN
+GAN_SETTINGS = ("image_size", "resize", "seed", "batch_size", "z_dim", "width", "optimizer", "lr_d", "lr_g")
 
 
 def _signed(x01: torch.Tensor) -> torch.Tensor:
     return x01 * 2 - 1
 
 
-class _GANDetector(Detector):
-    """What AnoGAN and f-AnoGAN share: the DCGAN, its training, persistence and the feature layer."""
+@dataclass(repr=False, eq=False)
+class _GANDetector(TrainedDetector):
+    """What AnoGAN and f-AnoGAN share: the DCGAN, its training, persistence and the feature layer.
 
-    components = ("residual", "discrimination")
+    Parameters
+    ----------
+    z_dim : int
+        Length of the latent vector z.
+    width : int
+        Channels of the DCGAN's widest generator layer / first discriminator layer.
+    optimizer : str
+        'adam' (DCGAN's betas 0.5, 0.999) or 'rmsprop' (the TB report).
+    lr_d : float
+        Discriminator learning rate.
+    lr_g : float
+        Generator learning rate.
+    """
 
-    def __init__(self, epochs: int = 100, z_dim: int = 100, width: int = 64, optimizer: str = "adam",
-                 lr_d: float = 2e-4, lr_g: float = 2e-4, **common):
-        common.setdefault("image_size", 64)
-        super().__init__(**common)
+    components: ClassVar[tuple[str, ...]] = ("residual", "discrimination")
+
+    image_size: int = 64
+    epochs: int = 100
+    z_dim: int = 100
+    width: int = 64
+    optimizer: str = "adam"
+    lr_d: float = 2e-4
+    lr_g: float = 2e-4
+
+    def __post_init__(self):
         check_size(self.image_size)
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        self.epochs, self.z_dim, self.width, self.optimizer = epochs, z_dim, width, optimizer
-        self.lr_d, self.lr_g = lr_d, lr_g
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
     @property
-    def architecture(self) -> str:
+    def architecture_name(self) -> str:
         return f"DCGAN {self.image_size}px, z {self.z_dim}, width {self.width}"
 
-    def _opt(self, params, lr: float) -> torch.optim.Optimizer:
-        if self.optimizer == "rmsprop":
-            return torch.optim.RMSprop(params, lr=lr)
-        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))  # DCGAN's betas
-
-    def _ckpt_dir(self, part: str) -> Path | None:
-        return Path(self.checkpoint_dir) / part if self.checkpoint_dir else None
+    def _ckpt_dir(self, part: str) -> str | None:
+        return str(Path(self.checkpoint_dir) / part) if self.checkpoint_dir else None
 
     # ------------------------------------------------------------------------------------ GAN training
     def train_gan(self, train: np.ndarray) -> None:
         """Non-saturating DCGAN training on normal images; resumes from ``checkpoint_dir/gan``."""
-        gen = seed_everything(self.seed)
         device = resolve_device(self.device)
+        torch.manual_seed(self.seed)
         G, D = Generator(self.image_size, self.z_dim, self.width).to(device), \
             Discriminator(self.image_size, self.width).to(device)
-        opt_g, opt_d = self._opt(G.parameters(), self.lr_g), self._opt(D.parameters(), self.lr_d)
-        modules = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, "gen": gen}
-        # the key ties the checkpoint to this data and the GAN's settings only, so another run's is never
-        # resumed but an f-AnoGAN given an AnoGAN's checkpoint_dir reuses its GAN and trains just the encoder
-        ckpt = Checkpointer(self._ckpt_dir("gan"), every=max(1, self.epochs // 20),
-                            key=self._run_key(train, train[:0], _GANDetector._param_names()))
-        start, history = ckpt.resume(modules)
-        history = history or {"d_loss": [], "g_loss": [], "d_real": [], "d_fake": []}
+        betas = (0.5, 0.999) if self.optimizer == "adam" else (0.9, 0.999)
+        cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr_g, optimizer=self.optimizer,
+                          betas=betas, seed=self.seed, device=self.device, checkpoint_dir=self._ckpt_dir("gan"),
+                          checkpoint_minutes=self.checkpoint_minutes, max_minutes=self.max_minutes,
+                          progress=self.progress, desc="GAN epochs",
+                          # keyed on the GAN's settings only (see GAN_SETTINGS)
+                          key=run_key(train, train[:0], {k: getattr(self, k) for k in GAN_SETTINGS}))
+        Gn, Dn = wrap_ddp(G, device), wrap_ddp(D, device)
+        opt_g, opt_d = cfg.make_optimizer(G.parameters(), self.lr_g), cfg.make_optimizer(D.parameters(), self.lr_d)
+        bce = torch.nn.BCEWithLogitsLoss(reduction="sum")
+
+        def step(x, gen, dist):
+            z = torch.randn(len(x), self.z_dim, generator=gen).to(device)
+            x, z, scale = dist.local(_signed(x)), dist.local(z), dist.world / len(x)
+            fake = Gn(z)
+            real_logit, fake_logit = Dn(x), Dn(fake.detach())
+            d_loss = bce(real_logit, torch.ones_like(real_logit)) + bce(fake_logit, torch.zeros_like(fake_logit))
+            opt_d.zero_grad()
+            (d_loss * scale).backward()
+            opt_d.step()
+            g_logit = Dn(fake)
+            g_loss = bce(g_logit, torch.ones_like(g_logit))
+            opt_g.zero_grad()
+            (g_loss * scale).backward()
+            opt_g.step()
+            return {"d_loss": d_loss.item(), "g_loss": g_loss.item(),
+                    "d_real": torch.sigmoid(real_logit).sum().item(), "d_fake": torch.sigmoid(fake_logit).sum().item()}
+
         fixed_z = torch.randn(64, self.z_dim, generator=torch.Generator().manual_seed(self.seed)).to(device)
-        bce = nn.BCEWithLogitsLoss()
-        for epoch in progress_bar(range(start, self.epochs), self.progress, desc="GAN epochs", initial=start,
-                                  total=self.epochs):
-            sums = np.zeros(4)
-            for idx in batches(len(train), self.batch_size, shuffle=True, generator=gen):
-                x = _signed(to_tensor(train[idx], 1, device))
-                fake = G(torch.randn(len(idx), self.z_dim, generator=gen).to(device))
-                real_logit, fake_logit = D(x), D(fake.detach())
-                d_loss = bce(real_logit, torch.ones_like(real_logit)) + bce(fake_logit, torch.zeros_like(fake_logit))
-                opt_d.zero_grad()
-                d_loss.backward()
-                opt_d.step()
-                g_logit = D(fake)
-                g_loss = bce(g_logit, torch.ones_like(g_logit))
-                opt_g.zero_grad()
-                g_loss.backward()
-                opt_g.step()
-                sums += len(idx) * np.array([d_loss.item(), g_loss.item(), torch.sigmoid(real_logit).mean().item(),
-                                             torch.sigmoid(fake_logit).mean().item()])
-            for key, value in zip(history, sums / len(train)):
-                history[key].append(float(value))
-            ckpt.save(epoch, modules, history, force=epoch == self.epochs - 1)
-            if (epoch + 1) % ckpt.every == 0 or epoch == self.epochs - 1:
+        every = max(1, self.epochs // 20)
+
+        def sample_grid(epoch):
+            if (epoch + 1) % every == 0 or epoch == self.epochs - 1:
                 self._save_grid(G, fixed_z, f"samples_epoch{epoch + 1:04d}.png")
+
+        result = fit_epochs({"G": Gn, "D": Dn}, {"opt_g": opt_g, "opt_d": opt_d}, step, train, cfg,
+                            on_epoch=sample_grid)
         self.generator_, self.discriminator_ = G.eval().requires_grad_(False), D.eval().requires_grad_(False)
-        self.history_ = {**getattr(self, "history_", {}), **history}
+        self.record(result)
         self._save_curves()
 
     def _save_grid(self, G: Generator, z: torch.Tensor, name: str) -> None:
@@ -143,42 +162,52 @@ class _GANDetector(Detector):
         """Per-pixel |x - G(z)| in grey levels of [0, 1]."""
         return np.abs(np.asarray(images, np.float32) / 255.0 - self.reconstruct(images))
 
-    def _tensors(self) -> dict[str, torch.Tensor]:
+    def weights(self) -> dict[str, torch.Tensor]:
         t = {f"G.{k}": v for k, v in self.generator_.state_dict().items()}
         t.update({f"D.{k}": v for k, v in self.discriminator_.state_dict().items()})
         return t
 
-    def _meta(self) -> dict:
-        return {"architecture": self.architecture}
+    def state(self) -> dict:
+        return {**super().state(), "architecture": self.architecture_name}
 
-    def _restore(self, tensors: dict, state: dict) -> None:
-        if state.get("architecture") != self.architecture:
+    def restore(self, tensors: dict, state: dict) -> None:
+        if state.get("architecture") != self.architecture_name:
             raise ValueError(f"the bundle says its network is {state.get('architecture')!r} but its settings "
-                             f"build {self.architecture!r}")
-        device = resolve_device(self.device)
-        G, D = Generator(self.image_size, self.z_dim, self.width), Discriminator(self.image_size, self.width)
-        G.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("G.")})
-        D.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("D.")})
-        self.generator_ = G.to(device).eval().requires_grad_(False)
-        self.discriminator_ = D.to(device).eval().requires_grad_(False)
+                             f"build {self.architecture_name!r}")
+        part = lambda p: {k[2:]: v for k, v in tensors.items() if k.startswith(p)}  # noqa: E731
+        self.generator_ = load_module(lambda: Generator(self.image_size, self.z_dim, self.width), part("G."),
+                                      self.device).requires_grad_(False)
+        self.discriminator_ = load_module(lambda: Discriminator(self.image_size, self.width), part("D."),
+                                          self.device).requires_grad_(False)
 
 
+@dataclass(repr=False, eq=False)
 class AnoGANDetector(_GANDetector):
-    """AnoGAN: each query image is mapped to the latent space by gradient descent on z (whole batches at once)."""
+    """AnoGAN: each query image is mapped to the latent space by gradient descent on z (whole batches at once).
 
-    kind = "anogan"
+    Parameters
+    ----------
+    lam : float
+        Weight λ of the discrimination (feature-matching) loss in A(x) = (1-λ)·R(x) + λ·D(x).
+    map_iters : int
+        Gradient steps of the latent mapping per image.
+    map_lr : float
+        Adam learning rate of the latent mapping.
+    """
 
-    def __init__(self, lam: float = 0.1, map_iters: int = 500, map_lr: float = 0.01, **common):
-        super().__init__(**common)
-        self.lam, self.map_iters, self.map_lr = lam, map_iters, map_lr
+    kind: ClassVar[str] = "anogan"
 
-    def fit(self, data, val=None) -> "AnoGANDetector":
+    lam: float = 0.1
+    map_iters: int = 500
+    map_lr: float = 0.01
+
+    def fit(self, X, y=None, val=None) -> "AnoGANDetector":
         try:
-            return super().fit(data, val)
+            return super().fit(X, y, val)
         finally:
             self._cache = None  # the held-out scores were only cached to avoid mapping them twice in fit
 
-    def _fit(self, train: np.ndarray, val: np.ndarray) -> None:
+    def fit_arrays(self, train: np.ndarray, val: np.ndarray) -> None:
         self.train_gan(train)
 
     def map_latent(self, images: np.ndarray, batch_size: int | None = None, iters: int | None = None) -> dict:
@@ -236,7 +265,7 @@ class AnoGANDetector(_GANDetector):
             self._cache = cache = (key, self.map_latent(images))
         return cache[1]
 
-    def _score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
         m = self._mapped(images)
         return {k: m[k].astype(np.float64) for k in ("residual", "discrimination", "score")}
 
@@ -245,52 +274,51 @@ class AnoGANDetector(_GANDetector):
         return self._mapped(images)["recon"]
 
 
+@dataclass(repr=False, eq=False)
 class FAnoGANDetector(_GANDetector):
     """f-AnoGAN: an izi_f encoder trained with G and D frozen maps an image to z in one forward pass.
 
     Given the ``checkpoint_dir`` of an AnoGAN trained on the same images with the same GAN settings, it
-    reuses that GAN (as the paper's two-stage training does) and trains only the encoder."""
+    reuses that GAN (as the paper's two-stage training does) and trains only the encoder.
 
-    kind = "fanogan"
+    Parameters
+    ----------
+    kappa : float
+        Weight κ of the feature residual in the izi_f loss and score.
+    encoder_epochs : int
+        Epochs of the encoder (None: as many as the GAN's).
+    lr_e : float
+        Encoder learning rate.
+    """
 
-    def __init__(self, kappa: float = 1.0, encoder_epochs: int | None = None, lr_e: float = 1e-4, **common):
-        super().__init__(**common)
-        self.kappa, self.encoder_epochs, self.lr_e = kappa, encoder_epochs, lr_e
+    kind: ClassVar[str] = "fanogan"
+
+    kappa: float = 1.0
+    encoder_epochs: int | None = None
+    lr_e: float = 1e-4
 
     @property
-    def architecture(self) -> str:
-        return super().architecture + " + izi_f encoder"
+    def architecture_name(self) -> str:
+        return super().architecture_name + " + izi_f encoder"
 
-    def _fit(self, train: np.ndarray, val: np.ndarray) -> None:
+    def fit_arrays(self, train: np.ndarray, val: np.ndarray) -> None:
         self.train_gan(train)
         self.train_encoder(train)
 
     def train_encoder(self, train: np.ndarray) -> None:
         """izi_f: minimise MSE(x, G(E(x))) + kappa * MSE(f(x), f(G(E(x)))) with G and D frozen."""
-        gen = seed_everything(self.seed + 1)
         device = self._device()
+        torch.manual_seed(self.seed + 1)
         E = Encoder(self.image_size, self.z_dim, self.width).to(device)
-        opt = torch.optim.Adam(E.parameters(), lr=self.lr_e, betas=(0.5, 0.999))
+        En = wrap_ddp(E, device)
         epochs = self.epochs if self.encoder_epochs is None else self.encoder_epochs
-        ckpt = Checkpointer(self._ckpt_dir("encoder"), every=max(1, epochs // 20),
-                            key=self._run_key(train, train[:0]))
-        state = {"E": E, "opt": opt, "gen": gen}
-        start, history = ckpt.resume(state)
-        history = history or {"encoder_loss": []}
-        for epoch in progress_bar(range(start, epochs), self.progress, desc="encoder epochs", initial=start,
-                                  total=epochs):
-            total = 0.0
-            E.train()
-            for idx in batches(len(train), self.batch_size, shuffle=True, generator=gen):
-                loss = self._izif(_signed(to_tensor(train[idx], 1, device)), E)["score"].mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
-            history["encoder_loss"].append(total / len(train))
-            ckpt.save(epoch, state, history, force=epoch == epochs - 1)
+        cfg = self.train_config(train, train[:0], "encoder epochs", epochs=epochs, lr=self.lr_e, optimizer="adam",
+                                betas=(0.5, 0.999), seed=self.seed + 1, checkpoint_dir=self._ckpt_dir("encoder"))
+        opt = cfg.make_optimizer(E.parameters())
+        step = loss_step(En, lambda m, x, target: self._izif(_signed(x), m)["score"], opt)
+        result = fit_epochs({"E": En}, {"opt": opt}, step, train, cfg)
         self.encoder_ = E.eval().requires_grad_(False)
-        self.history_ = {**getattr(self, "history_", {}), **history}
+        self.history_ = {**getattr(self, "history_", {}), "encoder_loss": result.history.get("train_loss", [])}
         self._save_curves()
 
     def _izif(self, x: torch.Tensor, E: Encoder) -> dict[str, torch.Tensor]:
@@ -306,7 +334,7 @@ class FAnoGANDetector(_GANDetector):
         return map_batches(lambda x: self._izif(_signed(x), self.encoder_), images, self.batch_size, 1,
                            self._device())
 
-    def _score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
         out = self._forward(images)
         return {k: out[k].astype(np.float64) for k in ("residual", "discrimination", "score")}
 
@@ -317,13 +345,13 @@ class FAnoGANDetector(_GANDetector):
         return map_batches(lambda x: {"z": self.encoder_(_signed(x))}, images, self.batch_size, 1,
                            self._device())["z"]
 
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        t = super()._tensors()
+    def weights(self) -> dict[str, torch.Tensor]:
+        t = super().weights()
         t.update({f"E.{k}": v for k, v in self.encoder_.state_dict().items()})
         return t
 
-    def _restore(self, tensors: dict, state: dict) -> None:
-        super()._restore(tensors, state)
-        E = Encoder(self.image_size, self.z_dim, self.width)
-        E.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("E.")})
-        self.encoder_ = E.to(self._device()).eval().requires_grad_(False)
+    def restore(self, tensors: dict, state: dict) -> None:
+        super().restore(tensors, state)
+        self.encoder_ = load_module(lambda: Encoder(self.image_size, self.z_dim, self.width),
+                                    {k[2:]: v for k, v in tensors.items() if k.startswith("E.")},
+                                    self.device).requires_grad_(False)

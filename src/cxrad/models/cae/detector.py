@@ -1,121 +1,138 @@
-"""CAE + latent KDE detector.
-
-Paper: the COVID-19 screening write-up in DEVELOPERS.md (convolutional autoencoder trained on normal chest
-X-rays; anomalous if reconstruction error is above one threshold OR latent density below another; reported
-ROC-AUC 0.672, recall 0.66).
-
-What differs from it:
-- the KDE bandwidth is chosen by 5-fold cross-validated likelihood (scikit-learn GridSearchCV) on latents
-  standardised per dimension with the training mean and sd (``kde_standardize``);
-- to rank images (AUROC) the two components are merged into one score: each is standardised against the
-  held-out normal validation images and the larger counts (``score_mode='either'``). Thresholding that score at
-  t is exactly the paper's OR rule with the component thresholds mean + t*sd; ``component_thresholds()``
-  reports them. ``score_mode='recon'`` or ``'density'`` ranks by one component alone;
-- a normal validation part is held out (by patient) for thresholds, instead of thresholding on test data.
-"""
+"""The seed CAE + latent KDE detector (paper and differences: README.md beside this file)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
-from sklearn.model_selection import GridSearchCV
+from scipy.special import logsumexp
 from sklearn.neighbors import KernelDensity
-from torch import nn
 
-from ...detector import Detector
-from ...training import (Checkpointer, batches, map_batches, progress_bar, resolve_device, seed_everything,
-                         to_tensor)
-from .model import CAE
+from ...detector import TrainedDetector
+from ...training import fit_epochs, load_module, loss_step, map_batches, resolve_device, wrap_ddp
+from .model import CAE, keras_parameter_count
 
 SCORE_MODES = ("either", "recon", "density")
+BANDWIDTHS = np.logspace(-1, 1.5, 16)
 
 
-class CAEDetector(Detector):
-    kind = "cae"
-    components = ("recon_error", "log_density")
-    lower_is_anomalous = ("log_density",)
+def kde_bandwidth(z: np.ndarray, bandwidths: np.ndarray = BANDWIDTHS, folds: int = 5) -> float:
+    """The Gaussian-KDE bandwidth of highest 5-fold cross-validated log-likelihood.
 
-    def __init__(self, epochs: int = 70, lr: float = 1e-3, channels: int = 3, latent_dim: int = 128,
-                 score_mode: str = "either", kde_standardize: bool = True, **common):
-        super().__init__(**common)
-        if score_mode not in SCORE_MODES:
-            raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {score_mode!r}")
-        self.epochs, self.lr, self.channels, self.latent_dim = epochs, lr, channels, latent_dim
-        self.score_mode, self.kde_standardize = score_mode, kde_standardize
+    The same choice as ``GridSearchCV(KernelDensity(), {"bandwidth": bandwidths}, cv=folds)`` (unshuffled
+    folds, total held-out log-likelihood averaged over folds), but every bandwidth reuses one matrix of
+    squared distances instead of refitting a tree per bandwidth and fold: ~50x faster."""
+    n, d = z.shape
+    folds = min(folds, n)
+    sq = (z ** 2).sum(1)
+    dist2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0.0)
+    bounds = np.cumsum([0] + [n // folds + (1 if i < n % folds else 0) for i in range(folds)])
+    scores = np.zeros(len(bandwidths))
+    for k in range(folds):
+        test = np.arange(bounds[k], bounds[k + 1])
+        train = np.setdiff1d(np.arange(n), test)
+        block = dist2[np.ix_(test, train)]
+        for j, h in enumerate(bandwidths):
+            log_norm = -np.log(len(train)) - 0.5 * d * np.log(2 * np.pi * h * h)
+            scores[j] += (logsumexp(-block / (2 * h * h), axis=1) + log_norm).sum() / folds
+    return float(bandwidths[int(np.argmax(scores))])
+
+
+@dataclass(repr=False, eq=False)
+class CAEDetector(TrainedDetector):
+    """The seed convolutional autoencoder with a kernel density estimate of its latent vectors.
+
+    Parameters
+    ----------
+    channels : int
+        Input channels; the grey image is repeated (the write-up uses 3).
+    latent_dim : int
+        Length of the latent vector (Dense layer).
+    score_mode : str
+        'either' (the write-up's OR rule), 'recon' (reconstruction error) or 'density' (latent KDE).
+    kde_standardize : bool
+        Standardise each latent dimension before the KDE.
+    """
+
+    kind: ClassVar[str] = "cae"
+    components: ClassVar[tuple[str, ...]] = ("recon_error", "log_density")
+    lower_is_anomalous: ClassVar[tuple[str, ...]] = ("log_density",)
+
+    epochs: int = 70
+    channels: int = 3
+    latent_dim: int = 128
+    score_mode: str = "either"
+    kde_standardize: bool = True
+
+    def __post_init__(self):
+        if self.score_mode not in SCORE_MODES:
+            raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
+
+    def network(self) -> CAE:
+        return CAE(self.channels, self.latent_dim, self.image_size)
 
     # ------------------------------------------------------------------------------------------ train
-    def _fit(self, train: np.ndarray, val: np.ndarray) -> None:
-        gen = seed_everything(self.seed)
+    def fit_arrays(self, train: np.ndarray, val: np.ndarray) -> None:
+        cfg = self.train_config(train, val, "CAE epochs", optimizer="adam")
         device = resolve_device(self.device)
-        model = CAE(self.channels, self.latent_dim, self.image_size).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=self.lr)
-        ckpt = Checkpointer(self.checkpoint_dir, key=self._run_key(train, val))
-        state = {"model": model, "opt": opt, "gen": gen}
-        start, history = ckpt.resume(state)
-        history = history or {"train_loss": [], "val_loss": []}
-        x_val = to_tensor(val, self.channels, device)
-        for epoch in progress_bar(range(start, self.epochs), self.progress, desc="CAE epochs", initial=start,
-                                  total=self.epochs):
-            model.train()
-            total = 0.0
-            for idx in batches(len(train), self.batch_size, shuffle=True, generator=gen):
-                x = to_tensor(train[idx], self.channels, device)
-                loss = nn.functional.mse_loss(model(x)[0], x)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
-            model.eval()
-            with torch.no_grad():
-                val_loss = nn.functional.mse_loss(model(x_val)[0], x_val).item()
-            history["train_loss"].append(total / len(train))
-            history["val_loss"].append(val_loss)
-            ckpt.save(epoch, state, history)
+        torch.manual_seed(self.seed)
+        model = (self.model_ if self.warm_start and self.is_fitted_network() else self.network()).to(device)
+        net = wrap_ddp(model, device)
+        opt = cfg.make_optimizer(model.parameters())
+
+        def grey_to_channels(x, gen=None):
+            x = x.expand(-1, self.channels, -1, -1)
+            return x, x
+
+        def loss(m, x, target):
+            return (m(x)[0] - target).pow(2).flatten(1).mean(1)
+
+        result = fit_epochs({"model": net}, {"opt": opt}, loss_step(net, loss, opt, grey_to_channels), train, cfg,
+                            val=val, val_loss=lambda x, gen: loss(model, *grey_to_channels(x)))
         self.model_ = model.eval()
-        self.history_ = history
+        self.record(result)
         self._fit_kde(self._encode(train))
 
     def _fit_kde(self, latents: np.ndarray) -> None:
         self.latent_mean_ = latents.mean(0) if self.kde_standardize else np.zeros(latents.shape[1])
         self.latent_sd_ = latents.std(0) + 1e-6 if self.kde_standardize else np.ones(latents.shape[1])
-        z = (latents - self.latent_mean_) / self.latent_sd_
-        grid = GridSearchCV(KernelDensity(), {"bandwidth": np.logspace(-1, 1.5, 16)}, cv=min(5, len(z)))
-        grid.fit(z)
-        self.kde_bandwidth_ = float(grid.best_params_["bandwidth"])
+        z = ((latents - self.latent_mean_) / self.latent_sd_).astype(np.float64)
+        self.kde_bandwidth_ = kde_bandwidth(z)
         self.kde_latents_ = z.astype(np.float32)
         self.kde_ = KernelDensity(bandwidth=self.kde_bandwidth_).fit(self.kde_latents_)
 
     # ------------------------------------------------------------------------------------------ score
-    def _encode(self, images: np.ndarray) -> np.ndarray:
-        return map_batches(lambda x: {"z": self.model_.encode(x)}, images, 128, self.channels,
-                           self._device())["z"]
-
     def _device(self) -> torch.device:
         return next(self.model_.parameters()).device
 
-    def _forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def _encode(self, images: np.ndarray) -> np.ndarray:
+        return map_batches(lambda x: {"z": self.model_.encode(x)}, images, 128, self.channels, self._device())["z"]
+
+    def _forward(self, images: np.ndarray, pictures: bool = False) -> dict[str, np.ndarray]:
         def fn(x):
             recon, z = self.model_(x)
             sq = ((recon - x) ** 2).mean(1)  # per-pixel error, averaged over channels: its mean is the score
-            return {"z": z, "err": sq.mean(dim=(1, 2)), "err_map": sq, "recon": recon.mean(1)}
+            out = {"z": z, "err": sq.mean(dim=(1, 2))}
+            if pictures:
+                out.update({"err_map": sq, "recon": recon.mean(1)})
+            return out
         return map_batches(fn, images, 128, self.channels, self._device())
 
-    def _score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
         out = self._forward(images)
         log_density = self.kde_.score_samples((out["z"] - self.latent_mean_) / self.latent_sd_)
         comps = {"recon_error": out["err"].astype(np.float64), "log_density": log_density}
-        comps["score"] = self._combine(comps)
+        comps["score"] = self.combine(comps)
         return comps
 
-    def _calibrate_components(self, val: dict) -> None:
+    def calibrate_components(self, val: dict) -> None:
         self.component_stats_ = {
             "recon_error": (float(np.mean(val["recon_error"])), float(np.std(val["recon_error"]) + 1e-12)),
             "neg_log_density": (float(np.mean(-val["log_density"])), float(np.std(val["log_density"]) + 1e-12)),
         }
 
-    def _rescore(self, components: dict) -> np.ndarray:
-        return self._combine(components)
-
-    def _combine(self, comps: dict) -> np.ndarray:
+    def combine(self, comps: dict) -> np.ndarray:
         if not hasattr(self, "component_stats_"):  # during calibration itself
             return comps["recon_error"]
         (me, se), (md, sd) = self.component_stats_["recon_error"], self.component_stats_["neg_log_density"]
@@ -124,43 +141,40 @@ class CAEDetector(Detector):
         return {"either": np.maximum(z_err, z_dens), "recon": z_err, "density": z_dens}[self.score_mode]
 
     def component_thresholds(self, threshold: float | None = None) -> dict:
-        """The paper's two thresholds implied by a score threshold: error above / log-density below."""
+        """The write-up's two thresholds implied by a score threshold: error above / log-density below."""
         t = self.threshold_ if threshold is None else threshold
         (me, se), (md, sd) = self.component_stats_["recon_error"], self.component_stats_["neg_log_density"]
         return {"recon_error_above": me + t * se, "log_density_below": -(md + t * sd)}
 
     def anomaly_map(self, images: np.ndarray) -> np.ndarray:
-        return self._forward(images)["err_map"]
+        return self._forward(images, pictures=True)["err_map"]
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
-        return self._forward(images)["recon"]
+        return self._forward(images, pictures=True)["recon"]
 
     def features(self, images: np.ndarray) -> np.ndarray:
         return self._encode(images)
 
     # ------------------------------------------------------------------------------------ persistence
-    def _tensors(self) -> dict[str, torch.Tensor]:
+    def weights(self) -> dict[str, torch.Tensor]:
         t = {f"net.{k}": v for k, v in self.model_.state_dict().items()}
         t["kde_latents"] = torch.from_numpy(self.kde_latents_)
         t["latent_mean"] = torch.from_numpy(np.asarray(self.latent_mean_, np.float64))
         t["latent_sd"] = torch.from_numpy(np.asarray(self.latent_sd_, np.float64))
         return t
 
-    def _meta(self) -> dict:
-        return {"kde_bandwidth": self.kde_bandwidth_, "component_stats": self.component_stats_,
-                "architecture": "CAE-seed"}
+    def state(self) -> dict:
+        return {**super().state(), "kde_bandwidth": self.kde_bandwidth_, "component_stats": self.component_stats_}
 
-    def _architecture(self) -> dict:
-        from .model import keras_parameter_count
-        return {**super()._architecture(), "name": "CAE-seed", "channels": self.channels,
+    def architecture(self) -> dict:
+        return {**super().architecture(), "name": "CAE-seed", "channels": self.channels,
                 "latent_dim": self.latent_dim, "parameters": keras_parameter_count(self.model_)}
 
-    def _restore(self, tensors: dict, state: dict) -> None:
-        model = CAE(self.channels, self.latent_dim, self.image_size)
-        model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        self.model_ = model.to(resolve_device(self.device)).eval()
-        self.kde_latents_ = tensors["kde_latents"].numpy()
-        self.latent_mean_, self.latent_sd_ = tensors["latent_mean"].numpy(), tensors["latent_sd"].numpy()
+    def restore(self, weights: dict, state: dict) -> None:
+        self.model_ = load_module(self.network, {k[4:]: v for k, v in weights.items() if k.startswith("net.")},
+                                  self.device)
+        self.kde_latents_ = weights["kde_latents"].numpy()
+        self.latent_mean_, self.latent_sd_ = weights["latent_mean"].numpy(), weights["latent_sd"].numpy()
         self.kde_bandwidth_ = float(state["kde_bandwidth"])
         self.kde_ = KernelDensity(bandwidth=self.kde_bandwidth_).fit(self.kde_latents_)
         self.component_stats_ = {k: tuple(v) for k, v in state["component_stats"].items()}

@@ -1,12 +1,16 @@
-"""The ``cxrad report`` subcommand (kept here so that cxrad/cli.py only needs two lines to add it)."""
+"""``cxrad report``: an HTML report with every figure, and the figures as PNG."""
 from __future__ import annotations
 
 import shlex
 import sys
 from pathlib import Path
 
+from ..errors import UserError
+from .common import EXIT_OK, EXIT_SOME_FAILED, add_common, add_operating_point_flags, apply_operating_point, \
+    cache_dir, open_manifest
 
-def add_parser(sub, common) -> None:
+
+def add_parser(sub, argv=None) -> None:
     p = sub.add_parser("report", help="HTML report with every figure (and the figures as PNG)",
                        description="Evaluate a model on a labelled dataset and write a self-contained HTML report "
                        "(figures embedded, opens offline) plus every figure as PNG: loss curves, the most and "
@@ -14,7 +18,7 @@ def add_parser(sub, common) -> None:
                        "score densities with every threshold, ROC and precision-recall curves, a t-SNE map of "
                        "the detector's features, the confusion matrix and the metric tables. The scores, "
                        "metrics and tables of `cxrad evaluate` are written beside it.")
-    common(p)
+    add_common(p)
     p.add_argument("--model", default=None, help="model bundle folder or shipped model name (default: the "
                    "shipped default model)")
     p.add_argument("--out", default="runs/report", help="folder for report.html and the PNGs (default runs/report)")
@@ -24,27 +28,24 @@ def add_parser(sub, common) -> None:
                    help="t-SNE on at most N images, classes kept in proportion; 0 skips it (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the t-SNE subsample and embedding")
     p.add_argument("--title", help="report title")
-    p.add_argument("--target-specificity", type=float, help="operating point on normal validation scores")
-    p.add_argument("--threshold-value", type=float, help="operating point: a fixed score threshold")
-    p.set_defaults(func=cmd_report)
+    add_operating_point_flags(p)
+    p.set_defaults(func=run)
 
 
-def cmd_report(args) -> int:
-    # errors are ValueErrors: main() reports them in one line even when cli.py runs as __main__
-    from ..cli import EXIT_OK, EXIT_SOME_FAILED, _apply_operating_point, _manifest, format_metrics
-    from ..data import DataError
-    from . import _load_model, build_report
+def run(args) -> int:
+    from ..evaluation import format_metrics
+    from ..pretrained import load_model
+    from ..report import build_report
 
     if not args.data:
-        raise DataError("--data is required (a labelled dataset with normal and abnormal images)")
+        raise UserError("--data is required (a labelled dataset with normal and abnormal images)")
     if args.examples < 1:
-        raise ValueError("--examples must be at least 1")
-    det = _load_model(args.model, args.device)
-    _apply_operating_point(det, args)
-    df = _manifest(args)
-    rep = build_report(det, df, Path(args.out), examples=args.examples, max_tsne=args.max_tsne, seed=args.seed,
-                       cache_dir=args.cache_dir, progress=not args.quiet, title=args.title,
-                       command=_command_line(args))
+        raise UserError("--examples must be at least 1")
+    det = load_model(args.model, args.device)
+    apply_operating_point(det, args)
+    rep = build_report(det, open_manifest(args), Path(args.out), examples=args.examples, max_tsne=args.max_tsne,
+                       seed=args.seed, cache_dir=cache_dir(args), progress=not args.quiet, title=args.title,
+                       command=command_line(args))
     print(format_metrics({**rep.metrics, "tables": {}}))
     for note in rep.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -52,7 +53,7 @@ def cmd_report(args) -> int:
     return EXIT_SOME_FAILED if rep.metrics.get("n_errors") else EXIT_OK
 
 
-def _command_line(args) -> str:
+def command_line(args) -> str:
     """The settings that shape the report, as a command to paste (config files and caches left out)."""
     words = ["cxrad", "report"]
     for flag in ("model", "data", "data_kind", "split", "out", "examples", "max_tsne", "seed",
@@ -62,5 +63,5 @@ def _command_line(args) -> str:
             words += [f"--{flag.replace('_', '-')}", str(value)]
     for flag in ("normal", "abnormal"):
         if getattr(args, flag, None):
-            words += [f"--{flag}", *args.__dict__[flag]]
+            words += [f"--{flag}", *getattr(args, flag)]
     return shlex.join(words)

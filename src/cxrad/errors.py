@@ -1,0 +1,26 @@
+"""The errors cxrad raises on purpose. Each stops a command with a one-line message; none is a bug."""
+from __future__ import annotations
+
+
+class CxradError(Exception):
+    """Base of the errors below."""
+
+
+class UserError(CxradError):
+    """A command line, setting or config the user must fix."""
+
+
+class DataError(CxradError, ValueError):
+    """A dataset problem the user must fix (missing path, no images, no normal images)."""
+
+
+class BundleError(CxradError, ValueError):
+    """A model bundle that cannot be loaded; the message says why."""
+
+
+class NotFittedError(CxradError, RuntimeError):
+    """A detector used before ``fit`` or ``load``."""
+
+
+class ImageReadError(CxradError, ValueError):
+    """A file that cannot be turned into an image; the message says why, in one line."""

@@ -1,0 +1,142 @@
+"""Scoring many files with flat memory: decoding runs in worker threads one batch ahead of the model, rows
+are appended to the output as each batch finishes (so a killed run keeps what it scored and ``resume`` skips
+it), and nothing but the result rows is kept.
+
+    for rows in score_stream(det, files, cache_dir=...):   # DataFrames of up to batch_size rows
+        ...
+    score_to_files(det, files, "runs/scores")                # scores.csv + scores.jsonl, resumable
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from .data import IMAGE_SUFFIXES, load_images
+from .evaluation import score_columns
+
+DICOM_MAGIC_OFFSET = 128
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """True for a regular file with the DICM preamble (PACS exports often have no extension)."""
+    try:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(DICOM_MAGIC_OFFSET + 4)
+    except OSError:
+        return False
+    return head[DICOM_MAGIC_OFFSET:] == b"DICM"
+
+
+def collect_files(inputs) -> tuple[list[str], pd.DataFrame]:
+    """Expand files and folders into the files to score, and the files of scanned folders left out, each with
+    its reason. A named file is always scored (a missing one becomes an error row)."""
+    files, ignored = [], []
+    for item in map(Path, inputs):
+        if not item.is_dir():
+            files.append(str(item))
+            continue
+        for f in sorted(item.rglob("*")):
+            if f.is_dir():
+                continue
+            if f.suffix.lower() in IMAGE_SUFFIXES or looks_like_dicom(f):
+                files.append(str(f))
+            elif f.name.startswith("."):
+                ignored.append((str(f), "hidden file"))
+            else:
+                ignored.append((str(f), f"not an image: no image extension ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                                        "and no DICOM preamble"))
+    return files, pd.DataFrame(ignored, columns=["path", "reason"])
+
+
+def score_stream(det, files: list[str], batch_size: int = 64, workers: int = 2, cache_dir=None) -> Iterator[
+        pd.DataFrame]:
+    """Score ``files`` in batches; each batch is decoded (``workers`` threads) while the previous one is scored.
+    Yields the score table of each batch, error rows included, in input order within the batch."""
+    chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    if not chunks:
+        return
+
+    def load(chunk):
+        return load_images(chunk, det.prep, cache_dir=cache_dir, workers=workers)
+
+    with ThreadPoolExecutor(1) as prefetch:
+        pending = prefetch.submit(load, chunks[0])
+        for i in range(len(chunks)):
+            images = pending.result()
+            if i + 1 < len(chunks):
+                pending = prefetch.submit(load, chunks[i + 1])
+            yield det.score(images)
+
+
+def done_paths(csv_path: Path) -> set[str]:
+    """Paths already in a score file (a partial last line left by a kill is ignored)."""
+    if not csv_path.exists():
+        return set()
+    text = csv_path.read_text("utf-8")
+    if text and not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]
+        csv_path.write_text(text, "utf-8")  # drop the partial row so appends start on a fresh line
+    return {row["path"] for row in csv.DictReader(io.StringIO(text))}
+
+
+def score_to_files(det, files: list[str], out, resume: bool = False, batch_size: int = 64, workers: int = 2,
+                   cache_dir=None, progress: bool = False) -> pd.DataFrame:
+    """Stream the scores of ``files`` into ``out``/scores.csv and scores.jsonl, appending batch by batch (each
+    write flushed to disk). With ``resume``, files already in scores.csv are skipped. Returns every row."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, jsonl_path = out / "scores.csv", out / "scores.jsonl"
+    done = done_paths(csv_path) if resume else set()
+    if not resume:
+        for p in (csv_path, jsonl_path):
+            p.unlink(missing_ok=True)
+    todo = [f for f in files if f not in done]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img", desc="scoring")
+    tables = []
+    columns = None
+    for table in score_stream(det, todo, batch_size, workers, cache_dir):
+        columns = columns or score_columns(table, det.components)
+        rows = table[columns]
+        _append(csv_path, rows.to_csv(index=False, header=not csv_path.exists() or csv_path.stat().st_size == 0))
+        _append(jsonl_path, rows.to_json(orient="records", lines=True) + ("\n" if len(rows) else ""))
+        tables.append(rows)
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    if resume and done:
+        return pd.read_csv(csv_path, keep_default_na=False, na_values={"score": [""], "percentile": [""]},
+                           dtype={"error": str})
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=score_columns(
+        pd.DataFrame(columns=["path", "score", "percentile", "anomalous", "error"]), det.components))
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def summarise(table: pd.DataFrame) -> dict:
+    ok = table[table["error"].fillna("") == ""]
+    flagged = ok["anomalous"].astype(str).str.lower().isin(["true", "1"])
+    return {"files": int(len(table)), "scored": int(len(ok)), "errors": int(len(table) - len(ok)),
+            "anomalous": int(flagged.sum()), "median_score": float(np.median(ok["score"])) if len(ok) else None}
+
+
+def to_json(table: pd.DataFrame) -> str:
+    return json.dumps(json.loads(table.to_json(orient="records")), indent=1)
