@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrad.bundle import detector_class
-from cxrad.cli import _parse_value
+from cxrad.cli.common import parse_value as _parse_value
 from cxrad.data import load_images
+from cxrad.models import detector_class
 from cxrad.metrics import component_aurocs, evaluate
 from cxrad.protocols import PROTOCOLS, load_protocol
 
@@ -83,7 +83,7 @@ def write_table(out: Path) -> str:
             cells.append(f"{fmt_cell(rows)}<br>CI {lo:.3f}–{hi:.3f}<br>recall {recall:.2f}")
         settings = ", ".join([mine[0]["detector"]] + [f"{k}={v}" for k, v in mine[0]["params"].items()])
         lines.append(f"| {name} | {settings} | " + " | ".join(cells) + f" | {mine[0]['machine']} |")
-    lines += ["", f"Reference: {PAPER}. Reference numbers on these sets at 128 px from DEVELOPERS.md: seed CAE "
+    lines += ["", f"Reference: {PAPER}. Reference numbers on these sets at 128 px (the project's reference measurements): seed CAE "
               "≈0.51–0.52 (kermany224), 0.60–0.62 (TB); supervised CNN ceiling 0.98 / 0.84.", ""]
     comp_lines = ["## Score components (mean AUROC over seeds)", "", "| detector | protocol | components |",
                   "|---|---|---|"]

@@ -19,9 +19,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_manifest():
-    from cxrad.data import deduplicate
-    from cxrad.demo import sample_manifest
-    return deduplicate(sample_manifest())[0]
+    from cxrad.data import bundled_samples, deduplicate
+    return deduplicate(bundled_samples())[0]
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +38,33 @@ def tiny_cae_bundle(tmp_path_factory, sample_manifest, cache_dir) -> Path:
     train = sample_manifest[(sample_manifest["orig_split"] == "train")].head(60)
     det.fit(load_images(train, det.prep, cache_dir=cache_dir))
     return det.save(tmp_path_factory.mktemp("models") / "tiny_cae")
+
+
+@pytest.fixture(scope="session")
+def small_sets(sample_manifest, cache_dir):
+    """Bundled normal training images and labelled test images, loaded at 32 and 64 px."""
+    from cxrad.data import load_images
+    from cxrad.io import Preprocessing
+    train = sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)].head(40)
+    test = sample_manifest[sample_manifest["orig_split"] == "test"].groupby("label").head(6)
+    return {s: (load_images(train, Preprocessing(s), cache_dir=cache_dir),
+                load_images(test, Preprocessing(s), cache_dir=cache_dir)) for s in (32, 64)}
+
+
+@pytest.fixture
+def rewrite_weights():
+    """Replace a bundle's tensors with ``change(tensors)`` and record the new checksum, as a tool that edits
+    bundles on purpose would: what remains to catch is whether the weights fit the settings."""
+    import hashlib
+    import json
+
+    from safetensors.torch import load, save
+
+    def rewrite(bundle: Path, change) -> None:
+        meta = json.loads((bundle / "model.json").read_text())
+        path = bundle / meta["weights"]["file"]
+        data = save(change(load(path.read_bytes())))
+        path.write_bytes(data)
+        meta["weights"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+        (bundle / "model.json").write_text(json.dumps(meta))
+    return rewrite

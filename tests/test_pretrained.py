@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from cxrad.bundle import load_detector, read_meta
+from cxrad.bundle import read_meta
+from cxrad.models import load_detector
 from cxrad.cli import main
 from cxrad.pretrained import PRETRAINED_DIR, available, default_name, resolve
 

@@ -4,6 +4,7 @@ into the package as a shipped model.
     python tools/ship_model.py runs/pretrained/dae-cxr-64 dae-cxr-64 --default \
         --command "cxrad train --data runs/default_train.csv --detector dae ..."
     python tools/ship_model.py runs/fusion-mix fusion --evaluate-only    # a candidate's AUROCs, nothing shipped
+    python tools/ship_model.py --upgrade src/cxrad/pretrained/dae-cxr-64  # a format-1 bundle: add its checksum
 
 The bundle must have been trained on `tools/default_training_manifest.py`'s images (kermany224 train normals
 + nih_cxr14_talo train normals): every test split below is then disjoint from its training images, and
@@ -16,8 +17,10 @@ import json
 import shutil
 from pathlib import Path
 
-from cxrad.bundle import atomic_write_text, load_detector, read_meta
-from cxrad.cli import evaluate_model
+from cxrad.bundle import read_bundle, read_meta
+from cxrad.evaluation import evaluate_model
+from cxrad.files import atomic_write_text
+from cxrad.models import detector_class, load_detector
 from cxrad.pretrained import PRETRAINED_DIR
 from cxrad.protocols import PROTOCOLS, load_protocol
 
@@ -68,16 +71,33 @@ measured there. Trained on CPU with a short schedule; see `docs/detectors.md` fo
 """
 
 
+def upgrade(path: Path) -> None:
+    """Rewrite a format-1 bundle (weights without a checksum) in the current format, in place. Only for
+    bundles whose origin you trust: the checksum is computed from the weights as they are now."""
+    doc, tensors = read_bundle(path, allow_unverified=True)
+    det = detector_class(doc["kind"]).from_document(doc, device="cpu", where=str(path))
+    det.restore({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, doc.get("state", {}))
+    det.save(path)
+    print(f"upgraded {path} to bundle format {read_meta(path)['format_version']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bundle")
-    ap.add_argument("name")
+    ap.add_argument("--upgrade", metavar="BUNDLE", help="rewrite a format-1 bundle with a weights checksum; "
+                    "nothing else is done")
+    ap.add_argument("bundle", nargs="?")
+    ap.add_argument("name", nargs="?")
     ap.add_argument("--default", action="store_true", help="make it the default model")
     ap.add_argument("--command", help="the cxrad train command that made it (required unless --evaluate-only)")
     ap.add_argument("--evaluate-only", action="store_true", help="print the AUROCs; ship nothing")
     ap.add_argument("--machine", default="CPU, 2 cores")
     ap.add_argument("--cache-dir", default=".cache/cxrad")
     args = ap.parse_args()
+    if args.upgrade:
+        upgrade(Path(args.upgrade))
+        return
+    if not args.bundle or not args.name:
+        ap.error("give BUNDLE and NAME (or --upgrade BUNDLE)")
     if not args.evaluate_only and not args.command:
         ap.error("--command is required to ship a model")
     det = load_detector(args.bundle, device="cpu")

@@ -33,7 +33,7 @@ _WEIGHTS_NAME = re.compile(r"^weights-[0-9a-f]{16}\.safetensors$")
 def environment() -> dict:
     import torch
 
-    from . import __version__
+    from .version import __version__
     return {"cxrad": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
 

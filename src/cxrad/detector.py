@@ -255,6 +255,10 @@ class Detector(BaseEstimator):
         unknown = set(params) - known
         if unknown:
             raise BundleError(f"{where}: settings {sorted(unknown)} are unknown to this cxrad's {cls.kind}")
+        defaults = {s["name"]: s["default"] for s in cls.settings()}
+        for k, v in params.items():  # JSON has no tuples: give tuple-valued settings their type back
+            if isinstance(defaults.get(k), tuple) and isinstance(v, list):
+                params[k] = tuple(v)
         try:
             det = cls(**params, device=device)
             if Preprocessing(**doc["preprocessing"]) != det.prep:

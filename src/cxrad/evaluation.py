@@ -24,7 +24,8 @@ def write_scores(table: pd.DataFrame, out: Path, components=(), labelled: bool =
     in the CSV and null in JSON."""
     table = table[score_columns(table, components, labelled)]
     atomic_write_text(out / f"{stem}.csv", table.to_csv(index=False))
-    atomic_write_text(out / f"{stem}.jsonl", table.to_json(orient="records", lines=True))
+    text = table.to_json(orient="records", lines=True) if len(table) else ""
+    atomic_write_text(out / f"{stem}.jsonl", text if not text or text.endswith("\n") else text + "\n")
 
 
 def evaluate_model(det, data, out: Path | None = None, cache_dir=None, progress: bool = False) -> dict:

@@ -111,7 +111,7 @@ def score_to_files(det, files: list[str], out, resume: bool = False, batch_size:
         columns = columns or score_columns(table, det.components)
         rows = table[columns]
         _append(csv_path, rows.to_csv(index=False, header=not csv_path.exists() or csv_path.stat().st_size == 0))
-        _append(jsonl_path, rows.to_json(orient="records", lines=True) + ("\n" if len(rows) else ""))
+        _append(jsonl_path, json_lines(rows))
         tables.append(rows)
         if bar is not None:
             bar.update(len(rows))
@@ -122,6 +122,12 @@ def score_to_files(det, files: list[str], out, resume: bool = False, batch_size:
                            dtype={"error": str})
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=score_columns(
         pd.DataFrame(columns=["path", "score", "percentile", "anomalous", "error"]), det.components))
+
+
+def json_lines(rows: pd.DataFrame) -> str:
+    """One JSON object per row, each line ending in a newline (so appended batches never run together)."""
+    text = rows.to_json(orient="records", lines=True) if len(rows) else ""
+    return text if not text or text.endswith("\n") else text + "\n"
 
 
 def _append(path: Path, text: str) -> None:

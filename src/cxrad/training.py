@@ -34,10 +34,10 @@ SCHEDULES = ("constant", "cosine")
 # ------------------------------------------------------------------------------------------ devices
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if device == "cuda" and distributed().world > 1:
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one GPU per torchrun process
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(device)
 
@@ -107,6 +107,12 @@ class Distributed:
         t = torch.tensor([value], dtype=torch.float64)
         torch.distributed.all_reduce(t)
         return float(t.item())
+
+    def finish(self) -> None:
+        """Wait for every rank, then leave the process group (torchrun expects a clean exit)."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
     def agree(self, flag: bool) -> bool:
         """Rank 0's decision, on every rank (stopping must be collective)."""

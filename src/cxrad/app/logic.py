@@ -4,14 +4,9 @@ draw the heatmap overlay, build the results table.
 Everything here is a plain function of bytes, arrays and a fitted detector, so it is tested directly
 (``tests/test_app_logic.py``); ``streamlit_app.py`` only lays the results out.
 
-Operating points (``threshold_for``):
-- ``stored``: a threshold saved in the bundle (``det.thresholds_``; the active one by default);
-- ``specificity``: the target-specificity quantile of the model's held-out normal validation scores
-  (``det.normal_scores_``), the rule ``cxrad.thresholds.quantile_threshold`` uses everywhere else;
-- ``sensitivity``: needs scores of images known to be abnormal. A bundle stores normal validation scores
-  only, so the dashboard asks for a labelled calibration set: the user uploads images confirmed abnormal
-  (never the images being screened) and the threshold flags the target fraction of them
-  (``cxrad.thresholds.sensitivity_threshold``). Without them it raises a ValueError that says so.
+Operating points are ``cxrad.thresholds.operating_point`` (stored, target specificity, or target sensitivity
+on confirmed-abnormal calibration uploads, since a bundle stores normal scores only), shared with the CLI and
+the report. The results table has the columns of the CLI's scores.csv.
 """
 from __future__ import annotations
 
@@ -23,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .. import thresholds as th
+from ..evaluation import score_columns
 from ..data import ImageSet
 from ..errors import ImageReadError
 from ..io import Preprocessing, decode_image, resize
@@ -35,7 +30,6 @@ MAX_FILES = 100
 #: longest side of the images shown on the page (the model sees its own size)
 DISPLAY_SIDE = 512
 SUFFIXES = ("png", "jpg", "jpeg", "dcm", "dicom")
-OPERATING_POINTS = ("stored", "specificity", "sensitivity")
 RESEARCH_NOTE = ("Research tool, not a diagnostic device. The verdict is an unsupervised anomaly score "
                  "compared with a threshold; it has not been validated for clinical use and must not guide "
                  "the care of a patient.")
@@ -49,6 +43,7 @@ class FileResult:
     error: str = ""
     score: float | None = None
     percentile: float | None = None
+    components: dict | None = None            # the detector's score components
     image: np.ndarray | None = None           # uint8 grey, the upload as decoded (side <= DISPLAY_SIDE)
     heatmap: np.ndarray | None = None         # uint8 RGB overlay on ``image``; None if the model has no map
     reconstruction: np.ndarray | None = None  # uint8 grey at the model's size; None if it does not reconstruct
@@ -61,12 +56,6 @@ class FileResult:
         if self.anomalous is None:
             return ""
         return "anomalous" if self.anomalous else "normal"
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    threshold: float
-    label: str  # e.g. "stored quantile", "specificity 0.95"
 
 
 def max_upload_bytes(mb: float = DEFAULT_MAX_UPLOAD_MB) -> int:
@@ -175,6 +164,7 @@ def score_uploads(det, files: list[tuple[str, bytes]], max_bytes: int | None = N
             r.error = err
             continue
         r.score, r.percentile = float(table["score"].iloc[j]), float(table["percentile"].iloc[j])
+        r.components = {c: float(table[c].iloc[j]) for c in det.components}
         r.image = display_image(greys[i])
         if maps is not None:
             heat = normalise_map(np.asarray(maps[j]))
@@ -199,32 +189,6 @@ def stored_thresholds(det) -> dict[str, float]:
     return {active: float(det.threshold_), **rest}
 
 
-def threshold_for(det, mode: str, rule: str | None = None, target: float | None = None,
-                  abnormal_scores=None) -> OperatingPoint:
-    """The threshold of an operating point (see the module docstring); ValueError with the reason if it
-    cannot be set."""
-    if mode == "stored":
-        stored = stored_thresholds(det)
-        rule = rule or det.threshold_rule_
-        if rule not in stored:
-            raise ValueError(f"the model stores no {rule!r} threshold (it has {', '.join(stored)})")
-        return OperatingPoint(stored[rule], f"stored {rule}")
-    if target is None or not 0 < target < 1:
-        raise ValueError(f"the target {mode} must be between 0 and 1 (exclusive), got {target}")
-    if mode == "specificity":
-        return OperatingPoint(th.quantile_threshold(det.normal_scores_, target), f"specificity {target:g}")
-    if mode == "sensitivity":
-        scores = np.asarray([] if abnormal_scores is None else abnormal_scores, float)
-        scores = scores[np.isfinite(scores)]
-        if scores.size == 0:
-            raise ValueError("a target sensitivity needs images known to be abnormal: this model stores only "
-                             "normal validation scores. Upload confirmed-abnormal calibration images, or "
-                             "choose the stored threshold or a target specificity.")
-        return OperatingPoint(th.sensitivity_threshold(scores, target),
-                              f"sensitivity {target:g} on {scores.size} abnormal image(s)")
-    raise ValueError(f"unknown operating point {mode!r}; choose from {', '.join(OPERATING_POINTS)}")
-
-
 def calibration_scores(results: list[FileResult]) -> tuple[np.ndarray, list[FileResult]]:
     """Scores of scored confirmed-abnormal calibration uploads, and the files that could not be read."""
     scores = np.array([r.score for r in results if not r.error], float)
@@ -232,13 +196,14 @@ def calibration_scores(results: list[FileResult]) -> tuple[np.ndarray, list[File
 
 
 # ---------------------------------------------------------------------------------------- table
-def results_table(results: list[FileResult], op: OperatingPoint | None = None) -> pd.DataFrame:
-    """One row per file: file, verdict, score, percentile among normal images, threshold, error."""
-    rows = [{"file": r.name, "verdict": r.verdict,
-             "score": r.score if r.score is not None else np.nan,
-             "percentile_among_normals": r.percentile if r.percentile is not None else np.nan,
-             "threshold": op.threshold if op else np.nan,
-             "operating_point": op.label if op else "",
-             "error": r.error} for r in results]
-    return pd.DataFrame(rows, columns=["file", "verdict", "score", "percentile_among_normals", "threshold",
-                                       "operating_point", "error"])
+def results_table(results: list[FileResult], components=()) -> pd.DataFrame:
+    """One row per file, with the columns of ``cxrad score``'s scores.csv: path (the uploaded name), score,
+    components, percentile among held-out normal images, verdict (empty for an error), error."""
+    rows = [{"path": r.name, "score": r.score if r.score is not None else np.nan,
+             **{c: (r.components or {}).get(c, np.nan) for c in components},
+             "percentile": r.percentile if r.percentile is not None else np.nan,
+             "anomalous": pd.NA if r.error or r.anomalous is None else bool(r.anomalous), "error": r.error}
+            for r in results]
+    table = pd.DataFrame(rows, columns=["path", "score", *components, "percentile", "anomalous", "error"])
+    table["anomalous"] = table["anomalous"].astype("boolean")
+    return table[score_columns(table, components)]

@@ -13,6 +13,7 @@ from cxrad.app.launch import ENV_MAX_MB, ENV_MODEL
 from cxrad.errors import BundleError
 from cxrad.models import load_detector
 from cxrad.pretrained import available, default_name
+from cxrad.thresholds import operating_point
 
 PATH_OPTION = "A bundle folder (path)"
 MODE_LABELS = {"stored": "Model's stored threshold", "specificity": "Target specificity",
@@ -65,19 +66,19 @@ def choose_model():
 
 def choose_operating_point(det, model_key: str, max_bytes: int):
     st.sidebar.header("Operating point")
-    mode = st.sidebar.radio("Operating point", logic.OPERATING_POINTS, format_func=MODE_LABELS.get,
+    mode = st.sidebar.radio("Operating point", tuple(MODE_LABELS), format_func=MODE_LABELS.get,
                             label_visibility="collapsed")
     try:
         if mode == "stored":
             stored = logic.stored_thresholds(det)
             rule = st.sidebar.selectbox("Stored threshold", list(stored),
                                         format_func=lambda k: f"{k} ({stored[k]:.4g})")
-            return logic.threshold_for(det, "stored", rule=rule)
+            return operating_point(det, "stored", rule=rule)
         if mode == "specificity":
             start = min(max(float(det.specificity), 0.5), 0.999)
             target = st.sidebar.number_input("Target specificity", 0.5, 0.999, start, 0.01, format="%.3f")
             st.sidebar.caption(f"Quantile of {len(det.normal_scores_)} held-out normal validation scores.")
-            return logic.threshold_for(det, "specificity", target=target)
+            return operating_point(det, "specificity", target=target)
         target = st.sidebar.number_input("Target sensitivity", 0.5, 0.999, 0.9, 0.01, format="%.3f")
         calib = st.sidebar.file_uploader("Calibration images known to be abnormal (not the ones to screen)",
                                          accept_multiple_files=True, key="calibration")
@@ -85,7 +86,7 @@ def choose_operating_point(det, model_key: str, max_bytes: int):
         scores, bad = logic.calibration_scores(score_cached(det, model_key, files, max_bytes, "scored_calibration"))
         for r in bad:
             st.sidebar.error(f"{md(r.name)}: {r.error}")
-        return logic.threshold_for(det, "sensitivity", target=target, abnormal_scores=scores)
+        return operating_point(det, "sensitivity", target=target, abnormal_scores=scores)
     except ValueError as exc:
         st.sidebar.error(str(exc))
         st.warning(f"No operating point: {exc}")
@@ -162,15 +163,15 @@ def main() -> None:
         for r in results:
             r.anomalous = None
     if len(results) > 1:
-        table = logic.results_table(results, op)
-        n_bad = int((table["error"] != "").sum())
-        st.subheader(f"Results: {int((table['verdict'] == 'anomalous').sum())} anomalous, "
-                     f"{int((table['verdict'] == 'normal').sum())} normal"
-                     + (f", {n_bad} unreadable" if n_bad else ""))
+        table = logic.results_table(results, det.components)
+        verdicts = [r.verdict for r in results]
+        n_bad = verdicts.count("error")
+        st.subheader(f"Results: {verdicts.count('anomalous')} anomalous, {verdicts.count('normal')} normal"
+                     + (f", {n_bad} unreadable" if n_bad else "")
+                     + (f" (threshold {op.threshold:.4g}, {op.label})" if op is not None else ""))
         st.dataframe(table, hide_index=True, column_config={  # the CSV keeps full precision
             "score": st.column_config.NumberColumn(format="%.4f"),
-            "percentile_among_normals": st.column_config.NumberColumn(format="%.0f"),
-            "threshold": st.column_config.NumberColumn(format="%.4f")})
+            "percentile": st.column_config.NumberColumn(format="%.0f")})
         st.download_button("Download results (CSV)", table.to_csv(index=False), file_name="cxrad_results.csv",
                            mime="text/csv")
     for r in results:

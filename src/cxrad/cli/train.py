@@ -67,6 +67,7 @@ def run(args) -> int:
     from ..data import load_images
     from ..models import detector_class
     from ..pretrained import load_model
+    from ..training import distributed
 
     if not args.data:
         raise UserError("--data is required (or give 'data:' in --config)")
@@ -108,10 +109,17 @@ def run(args) -> int:
     images = load_images(normals, det.prep, cache_dir=det.cache_dir, progress=not args.quiet)
     if len(images.errors):
         print(f"skipped {len(images.errors)} unreadable training file(s); see {out / 'errors.csv'}", file=sys.stderr)
-    verb = "fine-tuning" if args.init else "training"
-    print(f"{verb} {det.kind} on {len(images)} normal images", file=sys.stderr)
+    dist = distributed()  # under torchrun: join the process group; every rank trains, rank 0 writes
+    if dist.main:
+        print(f"{'fine-tuning' if args.init else 'training'} {det.kind} on {len(images)} normal images"
+              + (f" with {dist.world} processes" if dist.world > 1 else ""), file=sys.stderr)
+    if dist.rank:
+        det.set_params(progress=False)
     det.fit(images)
     _calibrate(det, args, images)
+    if not dist.main:
+        dist.finish()
+        return EXIT_OK
     out = det.save(out)
     if len(images.errors):
         from ..files import atomic_write_text
@@ -124,6 +132,7 @@ def run(args) -> int:
     if not finished:
         print(f"stopped by --max-minutes after epoch {det.epochs_done_} of {det.epochs}: the bundle holds the model "
               "so far; run the same command again to continue", file=sys.stderr)
+    dist.finish()
     return EXIT_OK
 
 

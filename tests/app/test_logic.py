@@ -9,13 +9,14 @@ import pytest
 
 from cxrad.app import logic
 from cxrad.io import Preprocessing, read_image
+from cxrad.thresholds import operating_point
 
 CORRUPT = b"\x89PNG\r\n\x1a\n" + b"this is not really a PNG" * 20
 
 
 @pytest.fixture(scope="module")
 def det(tiny_cae_bundle):
-    from cxrad.bundle import load_detector
+    from cxrad.models import load_detector
     return load_detector(tiny_cae_bundle)
 
 
@@ -105,20 +106,20 @@ def test_size_cap_and_file_count_cap(det, real_files, monkeypatch):
 
 
 def test_operating_points(det, real_files, shared_data):
-    stored = logic.threshold_for(det, "stored")
+    stored = operating_point(det, "stored")
     assert stored.threshold == det.threshold_ and det.threshold_rule_ in stored.label
-    with pytest.raises(ValueError, match="stores no"):
-        logic.threshold_for(det, "stored", rule="youden")
+    with pytest.raises(ValueError, match="no 'youden' threshold stored"):
+        operating_point(det, "stored", rule="youden")
     normals = det.normal_scores_
     for target in (0.5, 0.8, 0.95):
-        t = logic.threshold_for(det, "specificity", target=target).threshold
+        t = operating_point(det, "specificity", target=target).threshold
         assert np.mean(normals <= t) >= target  # at least the target share of held-out normals pass
-    assert logic.threshold_for(det, "specificity", target=0.5).threshold <= \
-        logic.threshold_for(det, "specificity", target=0.95).threshold
+    assert operating_point(det, "specificity", target=0.5).threshold <= \
+        operating_point(det, "specificity", target=0.95).threshold
     with pytest.raises(ValueError, match="known to be abnormal"):
-        logic.threshold_for(det, "sensitivity", target=0.9)
+        operating_point(det, "sensitivity", target=0.9)
     with pytest.raises(ValueError, match="between 0 and 1"):
-        logic.threshold_for(det, "specificity", target=1.5)
+        operating_point(det, "specificity", target=1.5)
     # sensitivity from real pneumonia images uploaded as calibration files
     labels = pd.read_csv(shared_data / "all_labels.csv", dtype=str, keep_default_na=False)
     abn = labels[(labels.source == "kermany224") & (labels.label == "abnormal") & (labels.orig_split == "train")]
@@ -126,7 +127,7 @@ def test_operating_points(det, real_files, shared_data):
     scores, bad = logic.calibration_scores(logic.score_uploads(det, files + [("bad.png", CORRUPT)]))
     assert len(scores) == 10 and [r.name for r in bad] == ["bad.png"]
     for target in (0.5, 0.9):
-        op = logic.threshold_for(det, "sensitivity", target=target, abnormal_scores=scores)
+        op = operating_point(det, "sensitivity", target=target, abnormal_scores=scores)
         assert np.mean(scores > op.threshold) >= target and "10 abnormal" in op.label
     # verdicts follow the chosen threshold without re-scoring
     results = logic.score_uploads(det, [(p.name, p.read_bytes()) for p in real_files])
@@ -161,14 +162,22 @@ def test_padded_map_is_cropped_back_onto_the_image():
     assert stretched.shape == (20, 40) and stretched.max() == 1.0
 
 
-def test_results_table_and_csv(det, real_files):
+def test_results_table_has_the_cli_schema(det, real_files, tmp_path):
+    from cxrad.cli import main
     results = logic.score_uploads(det, [(real_files[0].name, real_files[0].read_bytes()), ("x.png", CORRUPT)])
-    op = logic.threshold_for(det, "stored")
-    table = logic.results_table(logic.apply_threshold(results, op.threshold), op)
-    assert list(table["file"]) == [real_files[0].name, "x.png"]
-    assert table["verdict"].iloc[1] == "error" and table["error"].iloc[1] and np.isnan(table["score"].iloc[1])
+    op = operating_point(det, "stored")
+    table = logic.results_table(logic.apply_threshold(results, op.threshold), det.components)
+    assert list(table["path"]) == [real_files[0].name, "x.png"]
+    assert pd.isna(table["anomalous"].iloc[1]) and table["error"].iloc[1] and np.isnan(table["score"].iloc[1])
     back = pd.read_csv(io.StringIO(table.to_csv(index=False)))
-    assert back["score"].iloc[0] == pytest.approx(results[0].score) and back["threshold"].iloc[0] == op.threshold
+    assert back["score"].iloc[0] == pytest.approx(results[0].score)
+    bundle = det.save(tmp_path / "m")
+    (tmp_path / "x.png").write_bytes(CORRUPT)
+    main(["score", str(real_files[0]), str(tmp_path / "x.png"), "--model", str(bundle), "--out", str(tmp_path / "s"),
+          "--quiet"])
+    cli = pd.read_csv(tmp_path / "s" / "scores.csv")
+    assert list(cli.columns) == list(back.columns)  # one schema: the dashboard's download and `cxrad score`
+    np.testing.assert_allclose(cli["score"].iloc[0], back["score"].iloc[0], rtol=1e-6)
 
 
 def test_a_model_without_map_or_reconstruction(tiny_cae_bundle, real_files):

@@ -60,7 +60,7 @@ def test_the_upload_cap_reaches_the_page(tiny_cae_bundle, monkeypatch, xray):
 
 
 def test_upload_gives_verdict_heatmap_table_and_an_error_beside_the_bad_file(app, xray, tiny_cae_bundle):
-    from cxrad.bundle import load_detector
+    from cxrad.models import load_detector
 
     app.file_uploader(key="uploads").set_value([(xray[0], xray[1], "image/jpeg"),
                                                ("broken.png", CORRUPT, "image/png")]).run()
@@ -77,12 +77,13 @@ def test_upload_gives_verdict_heatmap_table_and_an_error_beside_the_bad_file(app
     (err,) = app.error
     assert "broken\\.png" in err.value and "not a readable image" in err.value and "BytesIO" not in err.value
     table = app.dataframe[0].value
-    assert list(table["file"]) == [xray[0], "broken.png"] and list(table["verdict"]) == [verdict.lower(), "error"]
+    assert list(table["path"]) == [xray[0], "broken.png"] and table["error"].iloc[1]
+    assert table["anomalous"].iloc[0] == (verdict == "ANOMALOUS") and pd.isna(table["anomalous"].iloc[1])
     assert any(b.label == "Download results (CSV)" for b in app.get("download_button"))
 
 
 def test_target_specificity_moves_the_threshold(app, xray, tiny_cae_bundle):
-    from cxrad.bundle import load_detector
+    from cxrad.models import load_detector
     from cxrad.thresholds import quantile_threshold
 
     det = load_detector(tiny_cae_bundle)

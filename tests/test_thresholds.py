@@ -14,7 +14,7 @@ from cxrad.metrics import binary_metrics, bootstrap_auroc_ci, breakdown, class_m
 @pytest.fixture(scope="module")
 def real_scores(tiny_cae_bundle, sample_manifest, cache_dir):
     """Scores of the tiny CAE on the bundled test images (normal, pneumonia, COVID-19)."""
-    from cxrad.bundle import load_detector
+    from cxrad.models import load_detector
     from cxrad.data import load_images
     det = load_detector(tiny_cae_bundle)
     table = det.score(load_images(sample_manifest[sample_manifest["orig_split"] == "test"], det.prep, cache_dir))
@@ -148,7 +148,7 @@ def test_calibrate_stores_labelled_rules_in_the_model(real_scores, tmp_path, sam
         assert det.threshold_rule_ == rule and det.thresholds_[rule] == t
     det.set_threshold(value=0.5)
     assert det.threshold_rule_ == "fixed" and det.threshold_ == 0.5
-    from cxrad.bundle import load_detector
+    from cxrad.models import load_detector
     back = load_detector(det.save(tmp_path / "m"))
     assert back.thresholds_ == pytest.approx(det.thresholds_) and back.threshold_rule_ == "fixed"
     back.set_threshold("youden")

@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrad.bundle import BundleError, load_detector
+from cxrad.data import as_imageset
+from cxrad.errors import BundleError
+from cxrad.models import load_detector
 from cxrad.cli import main
 from cxrad.data import load_images
 from cxrad.models.fusion import FusionDetector
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL_MEMBERS = {"dae": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3}, "regional": {"image_size": 64}}
 
 
@@ -38,7 +40,7 @@ def test_score_is_the_mean_of_member_scores_standardised_on_held_out_normals(fus
     # each member scores the input resized to its own size: its raw score, standardised by the stored
     # median and IQR, which are those of its scores on the held-out normals
     for name, member in zip(fused.components, fused.members_):
-        raw = member._rescore(member._score(np.asarray(member._as_imageset(test).images)))
+        raw = member.combine(member.score_arrays(np.asarray(as_imageset(test, member.prep).images)))
         median, scale = fused.standardise_[name]
         np.testing.assert_allclose(table[name], (raw - median) / scale, rtol=1e-4, atol=1e-4)
     # the held-out normals sit around 0 on every member's scale, so the fused threshold is a few units
@@ -93,11 +95,11 @@ def test_cli_trains_and_scores_a_fusion(sample_manifest, tmp_path, capsys, share
     sample_manifest[sample_manifest["orig_split"] == "train"].head(40).to_csv(data, index=False)
     out = tmp_path / "model"
     # the shipped config, with a smaller DAE for the test (a --param replaces the config's value)
-    assert main(["train", "--config", str(ROOT / "configs" / "fusion.yaml"), "--data", str(data), "--image-size",
+    assert main(["train", "--config", "fusion", "--data", str(data), "--image-size",
                  "64", "--epochs", "1", "--param", "member_params={dae: {image_size: 32, width: 8, depth: 3}}",
                  "--out", str(out), "--quiet"]) == 0
     det = load_detector(out, device="cpu")
-    assert det.members == ["dae", "regional"] and det.rule == "mean" and det.kind == "fusion"
+    assert tuple(det.members) == ("dae", "regional") and det.rule == "mean" and det.kind == "fusion"
     assert det.members_[0].epochs == 1 and len(det.history_["dae.train_loss"]) == 1  # --epochs reached the DAE
     image = shared_data / "kermany224" / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
     capsys.readouterr()
@@ -110,8 +112,8 @@ def test_a_member_that_diverges_on_every_normal_is_a_clear_error(images, monkeyp
     from cxrad.data import DataError
     from cxrad.models.regional import RegionalDetector
 
-    real = RegionalDetector._score
-    monkeypatch.setattr(RegionalDetector, "_score",
+    real = RegionalDetector.score_arrays
+    monkeypatch.setattr(RegionalDetector, "score_arrays",
                         lambda self, x: {k: np.full(len(x), np.nan) for k in real(self, x)})
     with pytest.raises(DataError, match="regional normal validation"), pytest.warns(RuntimeWarning):
         FusionDetector(member_params=SMALL_MEMBERS, image_size=64, device="cpu").fit(images[0])

@@ -1,0 +1,103 @@
+"""The shape of the package: imports point down the layers (wherever they sit, inside functions too) and no
+modules import each other in a circle. docs/architecture.md draws the same layers."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "cxrad"
+
+# lowest first; a module may import its own layer and the layers below
+LAYERS = [
+    ["cxrad.version", "cxrad.errors"],
+    ["cxrad.files", "cxrad.io"],
+    ["cxrad.data", "cxrad.thresholds", "cxrad.metrics"],
+    ["cxrad.protocols", "cxrad.bundle", "cxrad.training"],
+    ["cxrad.detector"],
+    ["cxrad.models"],
+    ["cxrad.pretrained"],
+    ["cxrad.evaluation", "cxrad.scoring", "cxrad.export"],
+    ["cxrad.report", "cxrad.app"],
+    ["cxrad.cli", "cxrad.__main__"],
+    ["cxrad"],  # the package root only re-exports, lazily
+]
+
+
+def layer_of(module: str) -> int:
+    best = None
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and (best is None or len(name) > len(best[1])):
+                best = (i, name)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS and docs/architecture.md"
+    return best[0]
+
+
+def module_name(path: Path) -> str:
+    parts = ["cxrad", *path.relative_to(SRC).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """cxrad modules imported anywhere in the file (absolute or relative, at any depth)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "cxrad"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "cxrad":
+                continue
+            for alias in node.names:  # "from . import thresholds" imports a module
+                sub = f"{target}.{alias.name}"
+                found.add(sub if (SRC.parent / sub.replace(".", "/")).with_suffix(".py").exists()
+                          or (SRC.parent / sub.replace(".", "/")).is_dir() else target)
+    return found - {name}
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports_of(p) for p in SRC.rglob("*.py")}
+
+
+def test_imports_point_down():
+    upward = [f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
+              for m, targets in graph().items() for t in targets if layer_of(t) > layer_of(m)]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycles():
+    g = graph()
+    # a package imports its submodules through __init__ by design; leave those parent->child edges out
+    edges = {m: {t for t in ts if not t.startswith(m + ".")} for m, ts in g.items()}
+    seen, stack, cycles = {}, [], []
+
+    def visit(m):
+        seen[m] = "open"
+        stack.append(m)
+        for t in edges.get(m, ()):
+            if seen.get(t) == "open":
+                cycles.append(stack[stack.index(t):] + [t])
+            elif t not in seen:
+                visit(t)
+        stack.pop()
+        seen[m] = "done"
+    for m in sorted(edges):
+        if m not in seen:
+            visit(m)
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_every_module_is_in_a_layer_and_the_doc_names_every_layer():
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    for m in graph():
+        layer_of(m)
+    for names in LAYERS:
+        for name in names:
+            assert f"`{name.removeprefix('cxrad.')}" in doc or name == "cxrad", f"docs/architecture.md misses {name}"
