@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast browsers benchmark clean
+.PHONY: setup demo test test-fast browsers docs benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,docs]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -34,8 +34,12 @@ test: $(STAMP) browsers
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not browser and not slow"
 
+# The documentation site with the API reference; --strict fails on a broken link or reference.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py --out benchmarks/results
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build

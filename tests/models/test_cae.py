@@ -6,13 +6,14 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.model_selection import GridSearchCV
+from scipy.special import logsumexp
 from sklearn.neighbors import KernelDensity
 from torch import nn
 
 from cxrad.data import ImageSet, load_images
 from cxrad.errors import DataError, NotFittedError
 from cxrad.models.cae import CAE, CAEDetector
-from cxrad.models.cae.detector import kde_bandwidth
+from cxrad.models.cae.detector import BANDWIDTHS, kde_bandwidth, kde_log_density
 from cxrad.models.cae.model import keras_parameter_count
 from cxrad.training import to_tensor
 
@@ -74,9 +75,11 @@ def test_components_are_reconstruction_mse_and_kde_log_density(tiny, test_images
         recon, z = tiny.model_(x)
     mse = ((recon - x) ** 2).mean(dim=(1, 2, 3)).numpy()
     np.testing.assert_allclose(table["recon_error"], mse, rtol=1e-5)
-    zs = (z.numpy() - tiny.latent_mean_) / tiny.latent_sd_
-    kde = KernelDensity(bandwidth=tiny.kde_bandwidth_).fit(tiny.kde_latents_)
-    np.testing.assert_allclose(table["log_density"], kde.score_samples(zs), rtol=1e-4)
+    zs = (z.numpy().astype(np.float64) - tiny.latent_mean_) / tiny.latent_sd_
+    h, pts = tiny.kde_bandwidth_, tiny.kde_latents_.astype(np.float64)
+    d2 = ((zs[:, None, :] - pts[None]) ** 2).sum(-1)  # the Gaussian KDE, term by term
+    exact = logsumexp(-d2 / (2 * h * h), axis=1) - np.log(len(pts)) - 0.5 * pts.shape[1] * np.log(2 * np.pi * h * h)
+    np.testing.assert_allclose(table["log_density"], exact, rtol=1e-6)
     # the score: the larger of the two components, each standardised on held-out normal images
     (me, se), (md, sd) = tiny.component_stats_["recon_error"], tiny.component_stats_["neg_log_density"]
     both = np.maximum((table["recon_error"] - me) / se, (-table["log_density"] - md) / sd)
@@ -85,14 +88,30 @@ def test_components_are_reconstruction_mse_and_kde_log_density(tiny, test_images
 
 
 def test_kde_bandwidth_is_the_cross_validation_choice(tiny):
-    """The one-distance-matrix search picks what scikit-learn's GridSearchCV picks, on the fitted latents and
-    on latents of a real trained encoder at another size."""
-    grid = GridSearchCV(KernelDensity(), {"bandwidth": np.logspace(-1, 1.5, 16)}, cv=5).fit(tiny.kde_latents_)
+    """The one-distance-matrix search picks what scikit-learn's GridSearchCV picks where scikit-learn's
+    tree-based KDE is exact (low dimensions, the tiny model's latents)."""
+    grid = GridSearchCV(KernelDensity(), {"bandwidth": BANDWIDTHS}, cv=5).fit(tiny.kde_latents_)
     assert tiny.kde_bandwidth_ == pytest.approx(grid.best_params_["bandwidth"])
     rng = np.random.default_rng(0)
     for z in (rng.normal(size=(97, 5)), rng.normal(size=(60, 40)) * rng.uniform(0.2, 3, 40)):
-        grid = GridSearchCV(KernelDensity(), {"bandwidth": np.logspace(-1, 1.5, 16)}, cv=5).fit(z)
+        grid = GridSearchCV(KernelDensity(), {"bandwidth": BANDWIDTHS}, cv=5).fit(z)
         assert kde_bandwidth(z) == pytest.approx(grid.best_params_["bandwidth"])
+
+
+def test_kde_is_exact_where_the_tree_estimate_is_not():
+    """128-d latents of the seed's size: the log-density is the exact sum; scikit-learn's tree estimate is
+    far off at small bandwidths (which is why the search and the score compute it directly)."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(400, 8)) @ rng.normal(size=(8, 128)) + 0.5 * rng.normal(size=(400, 128))
+    z = (z - z.mean(0)) / z.std(0)
+    train, query, h = z[80:], z[:5], 0.4642
+    d2 = ((query[:, None] - train[None]) ** 2).sum(-1)
+    exact = logsumexp(-d2 / (2 * h * h), axis=1) - np.log(len(train)) - 64 * np.log(2 * np.pi * h * h)
+    np.testing.assert_allclose(kde_log_density(query, train, h), exact, rtol=1e-9)
+    folds = np.array_split(np.arange(len(z)), 5)
+    def cv(h):
+        return sum(kde_log_density(z[f], np.delete(z, f, 0), h).sum() for f in folds)
+    assert kde_bandwidth(z) == BANDWIDTHS[int(np.argmax([cv(b) for b in BANDWIDTHS]))]
 
 
 def test_score_is_the_or_rule(tiny, test_images):

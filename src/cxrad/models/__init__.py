@@ -8,10 +8,12 @@ from .anogan import AnoGANDetector, FAnoGANDetector
 from .cae import CAEDetector
 from .dae import DAEDetector
 from .fusion import FusionDetector
+from .opacity import OpacityDetector
+from .patchcore import PatchCoreDetector
 from .regional import RegionalDetector
 
 __all__ = ["AEUDetector", "AnoGANDetector", "CAEDetector", "DAEDetector", "Detector", "FAnoGANDetector",
-           "FusionDetector", "REGISTRY", "RegionalDetector", "detector_class", "load_detector"]
+           "FusionDetector", "OpacityDetector", "PatchCoreDetector", "REGISTRY", "RegionalDetector", "detector_class", "load_detector"]
 
 
 def load_detector(path, device: str = "auto") -> Detector:
