@@ -13,6 +13,8 @@ from cxrad.models import load_detector
 from cxrad.data import load_images
 from cxrad.models.anogan import AnoGANDetector, Discriminator, Encoder, FAnoGANDetector, Generator
 
+pytestmark = pytest.mark.slow  # every test here trains GANs or several members
+
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = ROOT / "src" / "cxrad" / "configs" / "anogan_tb.yaml"
 SMALL = dict(image_size=32, epochs=2, width=8, z_dim=10, batch_size=16, device="cpu", seed=0)

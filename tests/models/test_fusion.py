@@ -14,6 +14,8 @@ from cxrad.cli import main
 from cxrad.data import load_images
 from cxrad.models.fusion import FusionDetector
 
+pytestmark = pytest.mark.slow  # every test here trains GANs or several members
+
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_MEMBERS = {"dae": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3}, "regional": {"image_size": 64}}
 
