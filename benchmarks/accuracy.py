@@ -38,7 +38,8 @@ def machine() -> str:
 def run_one(kind: str, params: dict, protocol, seed: int, cache_dir: str, device: str,
             checkpoint_dir: str | None = None) -> dict:
     cls = detector_class(kind)
-    det = cls(seed=seed, device=device, cache_dir=cache_dir, checkpoint_dir=checkpoint_dir, **params)
+    runtime = {"checkpoint_dir": checkpoint_dir} if "checkpoint_dir" in {s["name"] for s in cls.settings()} else {}
+    det = cls(seed=seed, device=device, cache_dir=cache_dir, **runtime, **params)
     t0 = time.time()
     det.fit(load_images(protocol.train, det.prep, cache_dir=cache_dir))
     fit_s = time.time() - t0
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int)
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--image-size", type=int, help="input size (default: the detector's own)")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--data", help="shared data folder (default ../shared/data)")
     ap.add_argument("--device", default="auto")
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     if args.table_only:
         print(write_table(out))
         return 0
-    params = {"image_size": args.image_size}
+    params = {"image_size": args.image_size} if args.image_size else {}
     if args.epochs is not None:
         params["epochs"] = args.epochs
     for item in args.param:

@@ -19,7 +19,7 @@ METHODS = ("knn", "gaussian")
 SCORE_BOX = (0.1, 0.9)
 
 
-def greedy_coreset(features: torch.Tensor, n: int, seed: int, projection: int = 64) -> torch.Tensor:
+def greedy_coreset(features: torch.Tensor, n: int, seed: int, projection: int = 32) -> torch.Tensor:
     """Indices of ``n`` points chosen by greedy k-center selection (each next point the farthest from those
     chosen), on a random projection of the features, as PatchCore selects its memory bank."""
     g = torch.Generator().manual_seed(seed)
@@ -74,7 +74,7 @@ class PatchCoreDetector(TrainedDetector):
     noise_grid: int = 8
     levels: tuple[int, ...] = (1, 2)
     method: str = "knn"
-    coreset: float = 0.05
+    coreset: float = 0.01
     top_fraction: float = 0.1
 
     def __post_init__(self):
