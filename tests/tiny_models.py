@@ -30,3 +30,19 @@ def tiny_dae(tmp_path_factory) -> Path:
         det.fit(normal_images())
         _TRAINED["dae"] = det.save(root / "model")
     return _TRAINED["dae"]
+
+
+def run_cxrad(args: list[str], timeout: float, cache_dir=None):
+    """``python -m cxrad ARGS`` in a fresh process (this checkout's cxrad), killed after ``timeout`` seconds:
+    a hang fails the test instead of stalling it. Returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    import cxrad
+
+    env = dict(os.environ, PYTHONPATH=str(Path(cxrad.__file__).parents[1]), PYTHONWARNINGS="ignore",
+               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    if cache_dir is not None:
+        env["CXRAD_CACHE"] = str(cache_dir)
+    return subprocess.run([sys.executable, "-m", "cxrad", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
