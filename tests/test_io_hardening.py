@@ -339,3 +339,21 @@ def _try(fn, *args):
         return fn(*args)
     except Exception as exc:
         return exc
+
+
+def test_dicom_header_damage_found_late_is_still_a_reason(shared_data):
+    """pydicom converts some elements only when first used (a corrupt VR raises NotImplementedError then);
+    a missing Rows or pixel data shorter than one frame are named as such."""
+    import struct
+    v = G.twelve_bit(grey_u8(shared_data)[:64, :64])
+    data = G.dicom(v)
+    bad_vr = data.replace(b"\x28\x00\x04\x00CS", b"\x28\x00\x04\x00C\xd3", 1)
+    with pytest.raises(ImageReadError, match=r"^not a readable DICOM file \(NotImplementedError"):
+        decode_image(bad_vr, ".dcm")
+    no_rows = data.replace(G.element(0x00280010, b"US", struct.pack("<H", 64)), b"", 1)
+    with pytest.raises(ImageReadError, match="DICOM header has no Rows"):
+        decode_image(no_rows, ".dcm")
+    at = data.index(b"\xe0\x7f\x10\x00")
+    short = data[:at + 8] + struct.pack("<I", 100) + data[at + 12:]  # declares 100 bytes, one frame is 8192
+    with pytest.raises(ImageReadError, match="shorter than one frame"):
+        decode_image(short, ".dcm")

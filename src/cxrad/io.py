@@ -238,27 +238,35 @@ def _dicom_header(data: bytes):
     return ds, stream, uid.UID(str(tsyntax)), stop.tag
 
 
+def _header_value(ds, keyword: str, default):
+    """An element's value (its first, if multi-valued); pydicom converts lazily, so this may raise."""
+    from pydicom.multival import MultiValue
+
+    value = ds.get(keyword, default)
+    return value[0] if isinstance(value, (MultiValue, list, tuple)) and len(value) else value
+
+
 def _header_int(ds, keyword: str, default: int | None = None, low: int = 0, high: int = 2**31) -> int:
     try:
-        value = ds.get(keyword, default)
-        value = int(value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value)
+        value = _header_value(ds, keyword, default)
+        if value is None or value == "":
+            raise ImageReadError(f"DICOM header has no {keyword}")
+        value = int(value)
+    except ImageReadError:
+        raise
     except Exception:
         raise ImageReadError(f"DICOM {keyword} is not a whole number") from None
-    if value is None:
-        raise ImageReadError(f"DICOM header has no {keyword}")
     if not low <= value <= high:
         raise ImageReadError(f"DICOM {keyword} {value} is out of range ({low} to {high})")
     return value
 
 
 def _header_float(ds, keyword: str, default: float | None = None) -> float | None:
-    """A finite number from a (possibly multi-valued) DICOM element: its first value."""
+    """A finite number from a (possibly multi-valued) DICOM element: its first value; None if absent."""
     try:
-        value = ds.get(keyword, default)
-        if value is None:
+        value = _header_value(ds, keyword, default)
+        if value is None or value == "":
             return None
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-            value = value[0]
         number = float(value)
     except Exception:
         raise ImageReadError(f"DICOM {keyword} is not a number") from None
@@ -348,7 +356,10 @@ def _first_frame_dataset(ds, stream, tsyntax, frames: int):
     if isinstance(stream, _Inflater):  # past the header: inflate as far as the first frame, no further
         stream.limit = stream.tell() + MAX_DICOM_FRAME_BYTES
     if not tsyntax.is_encapsulated:
-        frame = _read_exact(stream, get_expected_length(ds, "bytes"))
+        frame_bytes = get_expected_length(ds, "bytes")
+        if length < frame_bytes:  # (an undefined length is 0xFFFFFFFF, never smaller)
+            raise ImageReadError("DICOM pixel data is shorter than one frame")
+        frame = _read_exact(stream, frame_bytes)
     else:
         if length != 0xFFFFFFFF:
             raise ImageReadError("DICOM encapsulated pixel data must have an undefined length")
@@ -408,13 +419,13 @@ def _rle_length(src: bytes, start: int, end: int, cap: int) -> int:
 def _dicom_to_grey(data: bytes) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
-    try:
+    try:  # pydicom raises many types for corrupt files, some only when an element is first used
         ds, stream, tsyntax, pixel_tag = _dicom_header(data)
+        rows, cols, frames, samples, bits, photometric = _check_dicom_header(ds, pixel_tag)
     except ImageReadError:
         raise
-    except Exception as exc:  # pydicom raises many types for corrupt files
+    except Exception as exc:
         raise ImageReadError(f"not a readable DICOM file ({_reason(exc)})") from None
-    rows, cols, frames, samples, bits, photometric = _check_dicom_header(ds, pixel_tag)
     factor = _reduction(cols, rows)
     decoded = rows * cols * samples * max(1, bits // 8)
     estimate = math.ceil(rows * cols * samples * bits / 8) + 2 * decoded + 24 * (rows // factor) * (cols // factor)
