@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers (tiny_models, fuzz) import from any test folder
 SHARED = Path(os.environ.get("CXRAD_DATA", ROOT.parent / "shared" / "data"))
 
 

@@ -5,7 +5,8 @@ nothing.
 Integrity: model.json names the weights file and its SHA-256; the weights are verified before they are
 parsed, and both files are size-capped before they are read. All-or-nothing writes: the weights go to a new
 file named by their hash, then model.json is replaced in one rename (the commit point), then the old weights
-file is removed. A kill at any moment leaves the previous bundle or the new one, never a mix.
+file is removed. A kill at any moment leaves the previous bundle or the new one, never a mix. Writers hold an
+exclusive lock on the folder, so two never interleave and the temporaries a writer finds are a killed one's.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BundleError
-from .files import UnsafeFileError, atomic_write_bytes, atomic_write_text, read_regular_file, \
+from .files import UnsafeFileError, atomic_write_bytes, atomic_write_text, folder_lock, read_regular_file, \
     remove_stale_temporaries
 
 FORMAT = "cxrad-bundle"
@@ -45,18 +46,20 @@ def write_bundle(path, kind: str, meta: dict, tensors: dict) -> Path:
     if path.exists() and not path.is_dir():
         raise BundleError(f"{path}: exists and is not a folder; choose another output")
     path.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
     data = save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
     digest = hashlib.sha256(data).hexdigest()
     weights_name = f"weights-{digest[:16]}.safetensors"
-    atomic_write_bytes(path / weights_name, data)
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
            "weights": {"file": weights_name, "sha256": digest, "bytes": len(data)},
            "environment": environment(), **meta}
-    atomic_write_text(path / META_FILE, json.dumps(doc, indent=2, default=_json_default))
-    for old in [*path.glob("weights-*.safetensors"), path / LEGACY_TENSOR_FILE]:
-        if old.name != weights_name and old.exists():
-            old.unlink()
+    text = json.dumps(doc, indent=2, default=_json_default)
+    with folder_lock(path):  # one writer at a time: what it finds half-written is a killed writer's
+        remove_stale_temporaries(path)
+        atomic_write_bytes(path / weights_name, data)
+        atomic_write_text(path / META_FILE, text)
+        for old in [*path.glob("weights-*.safetensors"), path / LEGACY_TENSOR_FILE]:
+            if old.name != weights_name and old.exists():
+                old.unlink()
     return path
 
 

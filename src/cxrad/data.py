@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import re
@@ -20,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, ImageReadError
-from .files import atomic_open
-from .io import Preprocessing, decode_image, read_bytes, resize
+from .files import UnsafeFileError, atomic_open, open_regular_file, read_regular_file, regular_file_size, \
+    remove_stale_temporaries
+from .io import MAX_FILE_BYTES, Preprocessing, decode_image, read_bytes, resize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
 MANIFEST_COLUMNS = ["path", "label", "finding", "patient_id", "source", "orig_split"]
@@ -29,6 +31,11 @@ NORMAL_WORDS = {"normal", "0", "no finding", "no_finding", "no_findings", "healt
 ABNORMAL_WORDS = {"abnormal", "1", "anomaly", "anomalous", "positive", "true"}
 NPZ_SEP = "::"
 SAMPLES = Path(__file__).parent / "samples"  # "file.npz::test[12]" names one array of a MedMNIST file
+MAX_MANIFEST_BYTES = 1024 * 2**20
+MAX_NPZ_BYTES = 4 * 2**30
+#: a cache temporary this old is a killed writer's, not a live one's (other processes share the cache)
+STALE_CACHE_TMP_S = 3600.0
+HASH_CHUNK = 2**20
 
 
 # ---------------------------------------------------------------------------------------------- manifests
@@ -131,7 +138,11 @@ def from_nlm(root, source: str | None = None) -> pd.DataFrame:
 def from_csv(csv_path, root=None, source: str | None = None) -> pd.DataFrame:
     """A CSV manifest with columns path (or file), label, and optionally patient_id, finding, source, split."""
     csv_path = Path(csv_path)
-    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    try:  # a FIFO or /dev/zero named as a manifest must not hang pandas
+        raw = read_regular_file(csv_path, MAX_MANIFEST_BYTES)
+    except UnsafeFileError as exc:
+        raise DataError(f"{csv_path}: {exc}") from None
+    df = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False)
     path_col = next((c for c in ("path", "file", "filename", "image") if c in df.columns), None)
     if path_col is None or "label" not in df.columns:
         raise DataError(f"{csv_path}: a manifest needs a 'path' (or 'file') column and a 'label' column")
@@ -207,13 +218,17 @@ def select_split(df: pd.DataFrame, split: str, where: str = "dataset") -> pd.Dat
 
 # ------------------------------------------------------------------------------------- hashing and splits
 def file_hash(path: str) -> str:
-    """SHA-256 of a file's bytes (of the array, for an npz entry); '' if unreadable."""
+    """SHA-256 of a file's bytes (of the array, for an npz entry); '' if unreadable. Only regular files of at
+    most MAX_FILE_BYTES are hashed (checked before reading, so a device or a FIFO cannot hang it), in chunks."""
     try:
         if NPZ_SEP in path:
             return hashlib.sha256(_npz_array(path).tobytes()).hexdigest()
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except (OSError, KeyError, IndexError, ValueError):
+        digest = hashlib.sha256()
+        with open_regular_file(path, MAX_FILE_BYTES) as fh:
+            for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+    except (OSError, KeyError, IndexError, ValueError):  # UnsafeFileError and ImageReadError are ValueErrors
         return ""
 
 
@@ -277,6 +292,7 @@ def _npz_array(spec: str) -> np.ndarray:
     m = re.fullmatch(r"(\w+)\[(\d+)\]", item)
     if not m:
         raise ImageReadError(f"bad npz reference {item!r}")
+    regular_file_size(file, MAX_NPZ_BYTES)  # np.load on a FIFO would block
     st = os.stat(file)
     return _npz_images(file, st.st_mtime_ns, st.st_size)[f"{m.group(1)}_images"][int(m.group(2))]
 
@@ -307,6 +323,25 @@ def _try_cache(path: Path, arr: np.ndarray) -> None:
         atomic_save_npy(path, arr)
     except OSError:
         pass
+
+
+def _cached(path: Path, shape: tuple, mmap: bool = False) -> np.ndarray | None:
+    """A cache entry if it is intact: a readable uint8 array of ``shape``; None if it is missing
+    or damaged in any way (zero bytes, truncated, garbage, another array), so that the caller rebuilds it."""
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception:  # np.load raises ValueError, EOFError, OSError, ... depending on the damage
+        return None
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.shape != tuple(shape):
+        return None
+    return arr
+
+
+@functools.lru_cache(maxsize=64)
+def _sweep_cache(folder: str) -> int:
+    """Remove temporaries that killed writers left in a cache folder, once per process. Other processes may
+    be writing there now, so only old ones go."""
+    return remove_stale_temporaries(folder, older_than_s=STALE_CACHE_TMP_S, recursive=True)
 
 
 @dataclass
@@ -360,25 +395,25 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
     if "sha256" not in frame:
         frame = add_hashes(frame, workers)
     cache = Path(cache_dir) / prep_key(prep) if cache_dir else None
+    if cache is not None:
+        _sweep_cache(str(cache))
+    square = (prep.size, prep.size)
 
     set_file = None
     if cache is not None and (frame["sha256"] != "").all() and len(frame):
         set_key = hashlib.sha256("\n".join(frame["sha256"]).encode()).hexdigest()[:32]
         set_file = cache / "sets" / f"{set_key}.npy"
-        if set_file.exists():
-            try:
-                return ImageSet(np.load(set_file, mmap_mode="r"), frame, prep)
-            except ValueError:  # a damaged set file is rebuilt below
-                pass
+        images = _cached(set_file, (len(frame), *square), mmap=True)
+        if images is not None:
+            return ImageSet(images, frame, prep)  # a damaged set file is rebuilt below
 
     def one(i: int):
         path, digest = frame.at[i, "path"], frame.at[i, "sha256"]
         item = cache / digest[:2] / f"{digest}.npy" if cache is not None and digest else None
-        if item is not None and item.exists():
-            try:
-                return np.load(item), None
-            except ValueError:
-                pass
+        if item is not None:
+            arr = _cached(item, square)
+            if arr is not None:
+                return arr, None
         try:
             arr = resize(_decode(path), prep)
         except ImageReadError as exc:

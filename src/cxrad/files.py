@@ -56,18 +56,44 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
-def remove_stale_temporaries(folder, older_than_s: float = 0.0) -> int:
-    """Delete ``.*.tmp`` files that a killed writer left in ``folder``; returns how many."""
+def remove_stale_temporaries(folder, older_than_s: float = 0.0, recursive: bool = False) -> int:
+    """Delete ``.*.tmp`` files that a killed writer left in ``folder`` (and its sub-folders when
+    ``recursive``), if unmodified for ``older_than_s`` seconds; returns how many. In a folder that other
+    processes write at the same time, give an age far above any write's duration: a younger temporary may be
+    a live writer's."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed, now = 0, time.time()
-    for p in folder.glob(f".*{TMP_SUFFIX}"):
-        with contextlib.suppress(OSError):
-            if p.is_file() and now - p.stat().st_mtime >= older_than_s:
-                p.unlink()
-                removed += 1
+    for root, dirs, names in os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]:
+        for name in names:
+            if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+                continue
+            p = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(p)
+                if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= older_than_s:
+                    os.unlink(p)
+                    removed += 1
     return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder):
+    """Hold an exclusive lock on ``folder`` (flock on the folder itself, no lock file) while writing into it,
+    so that two writers never interleave and a temporary found under the lock is a dead writer's. Where flock
+    is unavailable (Windows) this does not lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class UnsafeFileError(ValueError):
@@ -93,10 +119,35 @@ def regular_file_size(path, max_bytes: int) -> int:
     return st.st_size
 
 
+def open_regular_file(path, max_bytes: int):
+    """A binary file object for a regular file of at most ``max_bytes``. Checked by path first (a device is
+    never opened: opening some has side effects), then on the open descriptor (a path swapped for a FIFO in
+    between cannot block: it is opened non-blocking and refused)."""
+    regular_file_size(path, max_bytes)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise UnsafeFileError("file not found") from None
+    except OSError as exc:
+        raise UnsafeFileError(f"cannot open the file ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFileError("not a regular file (a device, pipe or socket)")
+        if st.st_size > max_bytes:
+            raise UnsafeFileError(f"file too large ({st.st_size} bytes, limit {max_bytes})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_regular_file(path, max_bytes: int) -> bytes:
     """The bytes of a regular file of at most ``max_bytes`` (checked before and while reading)."""
-    regular_file_size(path, max_bytes)
-    with open(path, "rb") as fh:
+    with open_regular_file(path, max_bytes) as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:  # it grew between the check and the read
         raise UnsafeFileError(f"file too large (over {max_bytes} bytes)")

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -21,18 +22,18 @@ import pandas as pd
 
 from .data import IMAGE_SUFFIXES, load_images
 from .evaluation import score_columns
+from .files import UnsafeFileError, open_regular_file
 
 DICOM_MAGIC_OFFSET = 128
 
 
 def looks_like_dicom(path: Path) -> bool:
-    """True for a regular file with the DICM preamble (PACS exports often have no extension)."""
+    """True for a regular file with the DICM preamble (PACS exports often have no extension); a device or a
+    FIFO is never opened."""
     try:
-        if not path.is_file():
-            return False
-        with open(path, "rb") as fh:
+        with open_regular_file(path, sys.maxsize) as fh:  # any size: only the preamble is read
             head = fh.read(DICOM_MAGIC_OFFSET + 4)
-    except OSError:
+    except (OSError, UnsafeFileError):
         return False
     return head[DICOM_MAGIC_OFFSET:] == b"DICM"
 

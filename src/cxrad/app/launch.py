@@ -19,7 +19,8 @@ def streamlit_command(port: int, max_upload_mb: int) -> list[str]:
             "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
             "--browser.gatherUsageStats", "false", "--server.maxUploadSize", str(max_upload_mb),
             "--server.fileWatcherType", "none", "--global.developmentMode", "false",
-            "--client.toolbarMode", "minimal", "--server.enableXsrfProtection", "true"]
+            "--client.toolbarMode", "minimal", "--server.enableXsrfProtection", "true",
+            "--client.showErrorDetails", "none"]  # a bug shows a generic message, never a traceback or a path
 
 
 def serve(port: int, max_upload_mb: int, model: str | None = None) -> int:

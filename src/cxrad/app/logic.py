@@ -29,7 +29,8 @@ from .launch import DEFAULT_MAX_UPLOAD_MB
 MAX_FILES = 100
 #: longest side of the images shown on the page (the model sees its own size)
 DISPLAY_SIDE = 512
-SUFFIXES = ("png", "jpg", "jpeg", "dcm", "dicom")
+#: what the uploaders accept (Streamlit's filter goes by extension: an extension-less DICOM must be renamed .dcm)
+SUFFIXES = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "dicom", "dic")
 RESEARCH_NOTE = ("Research tool, not a diagnostic device. The verdict is an unsupervised anomaly score "
                  "compared with a threshold; it has not been validated for clinical use and must not guide "
                  "the care of a patient.")
@@ -147,6 +148,8 @@ def score_uploads(det, files: list[tuple[str, bytes]], max_bytes: int | None = N
             greys[i] = decode_upload(name, data, max_bytes)
         except ImageReadError as exc:
             results[i].error = str(exc)
+        except Exception as exc:  # never a traceback on the page: one bad upload is one error card
+            results[i].error = f"cannot read this file ({type(exc).__name__})"
     if not greys:
         return results
     idx = list(greys)

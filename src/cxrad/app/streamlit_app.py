@@ -81,7 +81,7 @@ def choose_operating_point(det, model_key: str, max_bytes: int):
             return operating_point(det, "specificity", target=target)
         target = st.sidebar.number_input("Target sensitivity", 0.5, 0.999, 0.9, 0.01, format="%.3f")
         calib = st.sidebar.file_uploader("Calibration images known to be abnormal (not the ones to screen)",
-                                         accept_multiple_files=True, key="calibration")
+                                         type=list(logic.SUFFIXES), accept_multiple_files=True, key="calibration")
         files = [(f.name, f.getvalue()) for f in calib or []]
         scores, bad = logic.calibration_scores(score_cached(det, model_key, files, max_bytes, "scored_calibration"))
         for r in bad:
@@ -148,8 +148,8 @@ def main() -> None:
     model_key, det = choose_model()
     op = choose_operating_point(det, model_key, max_bytes)
 
-    uploads = st.file_uploader(f"Chest X-rays: PNG, JPEG or DICOM, up to {max_mb} MB each, "
-                               f"at most {logic.MAX_FILES} at a time",
+    uploads = st.file_uploader(f"Chest X-rays: PNG, JPEG, TIFF, BMP or DICOM (.dcm), up to {max_mb} MB each, "
+                               f"at most {logic.MAX_FILES} at a time", type=list(logic.SUFFIXES),
                                accept_multiple_files=True, max_upload_size=max_mb, key="uploads")
     if not uploads:
         st.caption("The model learnt what normal radiographs look like; the score says how far an image is from "
