@@ -108,7 +108,7 @@ def _dicom_output_range(ds, voi_lut: bool) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _raster_to_grey(data: bytes) -> np.ndarray:
+def _raster_to_grey(data: bytes, keep_uint8: bool = False) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -138,7 +138,8 @@ def _raster_to_grey(data: bytes) -> np.ndarray:
         # Composite on black: transparent regions carry no anatomy.
         background = Image.new(img.mode, img.size, 0)
         img = Image.alpha_composite(background.convert("RGBA"), img.convert("RGBA"))
-    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    grey = np.asarray(img if img.mode == "L" else img.convert("L"))
+    return grey if keep_uint8 else grey.astype(np.float32) / 255.0
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -156,11 +157,12 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return p.read_bytes()
 
 
-def decode_image(data: bytes, suffix: str = "") -> np.ndarray:
-    """Decode PNG/JPEG/DICOM bytes into a float32 grey image in [0, 1]."""
+def decode_image(data: bytes, suffix: str = "", keep_uint8: bool = False) -> np.ndarray:
+    """Decode PNG/JPEG/DICOM bytes into a float32 grey image in [0, 1]; with ``keep_uint8``, 8-bit rasters
+    come back as uint8 0-255 instead (``resize`` takes both: no float copy of a full-size image)."""
     if not data:
         raise ImageReadError("empty file")
-    grey = _dicom_to_grey(data) if _is_dicom(data, suffix) else _raster_to_grey(data)
+    grey = _dicom_to_grey(data) if _is_dicom(data, suffix) else _raster_to_grey(data, keep_uint8)
     if grey.ndim != 2 or min(grey.shape) < 8:
         raise ImageReadError(f"image too small or not 2-D (shape {grey.shape})")
     if not np.isfinite(grey).all():
@@ -174,8 +176,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def resize(grey: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """Resize a float grey image to prep.size square and return uint8 (H, W)."""
-    img = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    """Resize a float grey image in [0, 1] (or a uint8 one) to prep.size square and return uint8 (H, W)."""
+    if grey.dtype == np.uint8:  # the same pixels as the float path: round(v / 255 * 255) == v
+        img = Image.fromarray(grey)
+    else:
+        img = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     s = prep.size
     if prep.resize == "stretch":
         return np.asarray(img.resize((s, s), Image.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
