@@ -296,15 +296,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CXRAD_CACHE", Path.home() / ".cache" / "cxrad"))
 
 
-def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_open(path) as fh:
+def atomic_save_npy(path: Path, arr: np.ndarray, durable: bool = True) -> None:
+    with atomic_open(path, durable) as fh:
         np.save(fh, arr)
 
 
 def _try_cache(path: Path, arr: np.ndarray) -> None:
     """A cache that cannot be written (read-only or full disk) slows things down; it must not fail a run."""
     try:
-        atomic_save_npy(path, arr)
+        atomic_save_npy(path, arr, durable=False)  # a cache: a file lost to a crash is decoded again
     except OSError:
         pass
 
@@ -368,7 +368,7 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
         if set_file.exists():
             try:
                 return ImageSet(np.load(set_file, mmap_mode="r"), frame, prep)
-            except ValueError:  # a damaged set file is rebuilt below
+            except (ValueError, EOFError, OSError):  # a damaged set file is rebuilt below
                 pass
 
     def one(i: int):
@@ -377,7 +377,7 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
         if item is not None and item.exists():
             try:
                 return np.load(item), None
-            except ValueError:
+            except (ValueError, EOFError, OSError):  # damaged (e.g. emptied by a crash): decode again
                 pass
         try:
             arr = resize(_decode(path), prep)

@@ -28,9 +28,10 @@ FILE_MODE = 0o666 & ~_read_umask()
 
 
 @contextlib.contextmanager
-def atomic_open(path):
+def atomic_open(path, durable: bool = True):
     """A binary file handle whose content replaces ``path`` only when the block completes; a crash or an
-    error leaves the old file (or none) and no partial one."""
+    error leaves the old file (or none) and no partial one. ``durable=False`` skips the fsync (~4 ms a file
+    here): for caches whose reader treats an empty or damaged file after a power loss as a miss."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
@@ -38,7 +39,8 @@ def atomic_open(path):
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())  # the data is on disk before the rename makes it visible
+            if durable:
+                os.fsync(fh.fileno())  # the data is on disk before the rename makes it visible
         os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
