@@ -23,6 +23,8 @@ def add_parser(sub, argv=None) -> None:
     p.add_argument("--resume", action="store_true", help="skip files already in OUT/scores.csv")
     p.add_argument("--batch-size", type=int, default=64, help="images decoded and scored together (64)")
     p.add_argument("--workers", type=int, default=2, help="decoding threads (2)")
+    p.add_argument("--threads", type=int, default=None, help="the model's threads (default: the CPU cores left "
+                   "after --workers, at least 1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -35,8 +37,8 @@ def run(args) -> int:
 
     if args.resume and not args.out:
         raise UserError("--resume needs --out (the folder whose scores.csv is continued)")
-    if args.batch_size < 1 or args.workers < 1:
-        raise UserError("--batch-size and --workers must be at least 1")
+    if args.batch_size < 1 or args.workers < 1 or (args.threads is not None and args.threads < 1):
+        raise UserError("--batch-size, --workers and --threads must be at least 1")
     det = load_model(args.model, args.device)
     apply_operating_point(det, args)
     files, ignored = collect_files(args.images)
@@ -48,7 +50,8 @@ def run(args) -> int:
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} is a file; give a folder")
         table = score_to_files(det, files, out, resume=args.resume, batch_size=args.batch_size,
-                               workers=args.workers, cache_dir=cache_dir(args), progress=not args.quiet)
+                               workers=args.workers, cache_dir=cache_dir(args), progress=not args.quiet,
+                               threads=args.threads)
         if args.out:
             if len(ignored):
                 from ..files import atomic_write_text
