@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cxrad"
 
 # lowest first; a module may import its own layer and the layers below
 LAYERS = [
-    ["cxrad.version", "cxrad.errors"],
+    ["cxrad.version", "cxrad.errors", "cxrad.params"],
     ["cxrad.files", "cxrad.io"],
     ["cxrad.data", "cxrad.thresholds", "cxrad.metrics"],
     ["cxrad.protocols", "cxrad.bundle", "cxrad.training"],

@@ -16,17 +16,16 @@ from cxrad.data import load_images  # noqa: E402
 from cxrad.errors import ExportError  # noqa: E402
 from cxrad.export import OnnxScorer, export_onnx, read_sidecar  # noqa: E402
 from cxrad.models import AnoGANDetector  # noqa: E402
-from tiny_models import sample_files, train_tiny  # noqa: E402
 
 EXPORTABLE = ["dae", "aeu", "cae", "fanogan", "regional", "fusion"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", EXPORTABLE)
-def test_onnxruntime_scores_equal_pytorch_scores(kind, tmp_path):
-    det = train_tiny(kind, tmp_path / "bundle")
+def test_onnxruntime_scores_equal_pytorch_scores(kind, tmp_path, tiny_model, sample_test_files):
+    det, _ = tiny_model(kind)
     onnx_path, sidecar = export_onnx(det, tmp_path / "export")
-    images = np.asarray(load_images(sample_files(), det.prep).images)
+    images = np.asarray(load_images(sample_test_files, det.prep).images)
     assert len(images) == 72
     expected = det.score_arrays(images)
     got = OnnxScorer(tmp_path / "export", threads=1).score_arrays(images)
@@ -40,9 +39,9 @@ def test_onnxruntime_scores_equal_pytorch_scores(kind, tmp_path):
 
 
 @pytest.mark.slow
-def test_export_command_writes_a_checked_export_and_refuses_an_altered_one(tmp_path, capsys):
-    train_tiny("dae", tmp_path / "bundle")
-    assert main(["export", str(tmp_path / "bundle"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == EXIT_OK
+def test_export_command_writes_a_checked_export_and_refuses_an_altered_one(tmp_path, capsys, tiny_model):
+    _, bundle = tiny_model("dae")
+    assert main(["export", str(bundle), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == EXIT_OK
     err = capsys.readouterr().err
     assert "checked against PyTorch" in err
     sidecar = json.loads((tmp_path / "m.cxrad.json").read_text())

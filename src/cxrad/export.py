@@ -265,7 +265,7 @@ def export_onnx(det, out, opset: int = DEFAULT_OPSET) -> tuple[Path, Path]:
     onnx_path, sidecar = export_paths(out)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(onnx_path, data)
-    from . import __version__
+    from .version import __version__
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": det.kind, "cxrad": __version__,
            "onnx": {"file": onnx_path.name, "sha256": hashlib.sha256(data).hexdigest(), "opset": opset},
            "inputs": inputs, "outputs": names, "components": list(det.components),

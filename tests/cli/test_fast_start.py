@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 HEAVY = ("torch", "pandas", "sklearn", "scipy", "onnx", "onnxruntime", "ray")
 
 PROBE = """
@@ -49,10 +49,9 @@ def test_light_commands_import_no_heavy_library(argv, code):
     assert result["code"] == code, result  # help and version exit 0, argument errors 2
 
 
-def test_scoring_with_a_stored_threshold_imports_no_scikit_learn(tmp_path):
-    from tiny_models import sample_files, train_tiny
-    train_tiny("dae", tmp_path / "model")
-    result = probe(["score", sample_files()[0], "--model", str(tmp_path / "model"), "--quiet", "--device", "cpu",
+def test_scoring_with_a_stored_threshold_imports_no_scikit_learn(tmp_path, tiny_model, sample_test_files):
+    _, bundle = tiny_model("dae")
+    result = probe(["score", sample_test_files[0], "--model", str(bundle), "--quiet", "--device", "cpu",
                     "--cache-dir", str(tmp_path / "cache")], heavy=("torch", "sklearn", "scipy"))
     assert result["code"] == 0
     assert result["heavy"] == ["torch"], f"scoring imported {result['heavy']}"

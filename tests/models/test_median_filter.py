@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cxrad.data import bundled_samples, load_images
+from cxrad.data import load_images
 from cxrad.io import Preprocessing
 from cxrad.models.dae.detector import median_filter, median_network
 
@@ -20,8 +20,8 @@ def reference_median(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def real_maps() -> torch.Tensor:
-    files = bundled_samples()["path"].head(24).tolist()
+def real_maps(sample_manifest) -> torch.Tensor:
+    files = sample_manifest["path"].head(24).tolist()
     images = load_images(files, Preprocessing(64)).images
     assert len(images) == 24
     return torch.from_numpy(np.asarray(images, np.float32) / 255.0)[:, None]

@@ -10,22 +10,18 @@ import torch
 from cxrad.data import prep_key
 from cxrad.models import load_detector
 from cxrad.scoring import model_threads, score_to_files
-from tiny_models import sample_files, train_tiny
 
 
 @pytest.fixture(scope="module")
-def dae(tmp_path_factory):
-    out = tmp_path_factory.mktemp("stream") / "dae"
-    train_tiny("dae", out)
-    return load_detector(out, device="cpu")
+def dae(tiny_model):
+    return load_detector(tiny_model("dae")[1], device="cpu")
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, sample_test_files):
     bad = tmp_path_factory.mktemp("bad") / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    real = sample_files()
-    return real[:30] + [str(bad)] + real[30:]
+    return sample_test_files[:30] + [str(bad)] + sample_test_files[30:]
 
 
 def by_path(table: pd.DataFrame) -> pd.DataFrame:
