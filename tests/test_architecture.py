@@ -18,7 +18,7 @@ LAYERS = [
     ["cxrad.detector"],
     ["cxrad.models"],
     ["cxrad.pretrained"],
-    ["cxrad.evaluation", "cxrad.scoring", "cxrad.export"],
+    ["cxrad.evaluation", "cxrad.scoring", "cxrad.ray_scoring", "cxrad.export"],
     ["cxrad.report", "cxrad.app"],
     ["cxrad.cli", "cxrad.__main__"],
     ["cxrad"],  # the package root only re-exports, lazily

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .data import IMAGE_SUFFIXES, load_images
+from .errors import UserError
 from .evaluation import score_columns
 
 DICOM_MAGIC_OFFSET = 128
@@ -57,6 +58,24 @@ def collect_files(inputs) -> tuple[list[str], pd.DataFrame]:
                 ignored.append((str(f), f"not an image: no image extension ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                                         "and no DICOM preamble"))
     return files, pd.DataFrame(ignored, columns=["path", "reason"])
+
+
+def read_file_list(path) -> list[str]:
+    """Paths from a text file (one per line) or a CSV with a path (or file) column; relative paths are taken
+    from the list's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--files-from {path}: cannot read it ({exc})") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(lines))
+        column = next((c for c in ("path", "file", "filename", "image") if rows and c in rows[0]), None)
+        if column is None:
+            raise UserError(f"--files-from {path}: a CSV list needs a 'path' (or 'file') column")
+        lines = [row[column] for row in rows]
+    return [str(p if Path(p).is_absolute() else path.parent / p) for p in (line.strip() for line in lines)]
 
 
 def available_cpus() -> int:
