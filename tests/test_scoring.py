@@ -66,7 +66,7 @@ def test_model_runs_with_the_threads_left_over_and_the_setting_is_restored(dae, 
     assert torch.get_num_threads() == before
 
 
-def test_file_lists_in_text_or_csv_name_files_relative_to_the_list(dae, files, tmp_path, capsys):
+def test_file_lists_in_text_or_csv_name_files_relative_to_the_list(tiny_model, files, tmp_path, capsys):
     from cxrad.cli import main
     from cxrad.scoring import read_file_list
     (tmp_path / "list.txt").write_text("\n".join([files[0], "", files[1]]) + "\n")
@@ -74,11 +74,7 @@ def test_file_lists_in_text_or_csv_name_files_relative_to_the_list(dae, files, t
     (tmp_path / "sub" / "list.csv").write_text("file,label\n../a.png,normal\n/abs/b.png,abnormal\n")
     assert read_file_list(tmp_path / "list.txt") == files[:2]
     assert read_file_list(tmp_path / "sub" / "list.csv") == [str(tmp_path / "sub" / "../a.png"), "/abs/b.png"]
-    code = main(["score", files[2], "--files-from", str(tmp_path / "list.txt"), "--model", str(dae_bundle(dae, tmp_path)),
+    code = main(["score", files[2], "--files-from", str(tmp_path / "list.txt"), "--model", str(tiny_model("dae")[1]),
                  "--out", str(tmp_path / "out"), "--quiet", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     assert sorted(pd.read_csv(tmp_path / "out" / "scores.csv")["path"]) == sorted(files[:3])
-
-
-def dae_bundle(dae, tmp_path):
-    return dae.save(tmp_path / "bundle")
