@@ -198,9 +198,12 @@ def fusion_sizes(det) -> list[int]:
 
 
 def _inputs(det) -> list[dict]:
-    sizes = fusion_sizes(det) if det.kind == "fusion" else [det.image_size]
-    return [{"name": "images" if i == 0 else f"images_{s}", "size": int(s), "resize": det.resize}
-            for i, s in enumerate(sizes)]
+    """The graph's inputs: the model's size, then (fusion) each other member size with the member's resize mode."""
+    specs = [{"name": "images", "size": int(det.image_size), "resize": det.resize}]
+    for m in det.members_ if det.kind == "fusion" else []:
+        if all(m.image_size != s["size"] for s in specs):
+            specs.append({"name": f"images_{m.image_size}", "size": int(m.image_size), "resize": m.resize})
+    return specs
 
 
 def _postprocess(det) -> dict | None:

@@ -25,6 +25,7 @@ from .data import load_images
 from .errors import UserError
 from .evaluation import score_columns
 from .files import atomic_open, atomic_write_text
+from .pretrained import resolve
 from .scoring import json_lines
 
 SHARD_NAME = "scores-{:05d}"
@@ -78,9 +79,10 @@ def shard_paths(out: Path, shard: int) -> tuple[Path, Path]:
 def score_with_ray(model, files: list[str], out, address: str | None = None, actors: int | None = None,
                    batch_size: int = 64, shard_size: int = 10_000, cache_dir=None, resume: bool = False,
                    progress: bool = False, operating_point: tuple[str, float] | None = None) -> pd.DataFrame:
-    """Score ``files`` with the bundle folder ``model`` on Ray (``address``: None starts a local Ray, or joins
-    the one this process already started; 'auto' joins this machine's cluster, 'ray://host:10001' a remote one).
-    ``operating_point`` (rule, threshold) replaces the bundle's active threshold. Returns the merged rows."""
+    """Score ``files`` with ``model`` (a bundle folder or shipped model name) on Ray. ``address``: None starts a
+    local Ray (or uses the one this process started), 'auto' joins this machine's cluster, 'ray://host:10001' a
+    remote one. ``operating_point`` (rule, threshold) replaces the bundle's active threshold. Returns the merged
+    rows."""
     try:
         import ray
     except ImportError:
@@ -106,7 +108,7 @@ def score_with_ray(model, files: list[str], out, address: str | None = None, act
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         if todo:
-            actor_args = {"bundle_files": bundle_files(model), "cache_dir": str(cache_dir) if cache_dir else None,
+            actor_args = {"bundle_files": bundle_files(resolve(model)), "cache_dir": str(cache_dir) if cache_dir else None,
                           "operating_point": operating_point}
             _run(ray, actor_args, files, shards, todo, out, actors, batch_size, progress)
     finally:
