@@ -87,7 +87,8 @@ def available_cpus() -> int:
 
 def model_threads(workers: int) -> int:
     """The model's intra-op threads while ``workers`` threads decode: the cores left over, at least one. More
-    threads than free cores make torch's spinning workers wait on each other (6x slower on a busy 2-core box)."""
+    threads than free cores make torch's spinning workers wait on each other (up to 6x slower on a busy 2-core
+    machine, never faster there)."""
     return max(1, available_cpus() - workers)
 
 
