@@ -70,3 +70,28 @@ def rewrite_weights():
         meta["weights"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
         (bundle / "model.json").write_text(json.dumps(meta))
     return rewrite
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, sample_manifest):
+    """``tiny_model(kind)`` -> (fitted detector, its bundle folder): trained for an epoch at 32 px on 40
+    bundled normal images, once per kind and session."""
+    from cxrad.data import load_images
+    from cxrad.models import REGISTRY
+    from tiny_models import TINY_SETTINGS
+    made = {}
+
+    def make(kind: str):
+        if kind not in made:
+            det = REGISTRY[kind](**TINY_SETTINGS[kind], seed=0, device="cpu", batch_size=16)
+            train = sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)]
+            det.fit(load_images(train.head(40), det.prep))
+            made[kind] = det, det.save(tmp_path_factory.mktemp("tiny") / kind)
+        return made[kind]
+    return make
+
+
+@pytest.fixture(scope="session")
+def sample_test_files(sample_manifest) -> list[str]:
+    """The bundled test images: normal and abnormal, from three sources."""
+    return sample_manifest.loc[sample_manifest["orig_split"] == "test", "path"].tolist()

@@ -11,14 +11,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cxrad"
 
 # lowest first; a module may import its own layer and the layers below
 LAYERS = [
-    ["cxrad.version", "cxrad.errors"],
+    ["cxrad.version", "cxrad.errors", "cxrad.params"],
     ["cxrad.files", "cxrad.io"],
     ["cxrad.data", "cxrad.thresholds", "cxrad.metrics"],
     ["cxrad.protocols", "cxrad.bundle", "cxrad.training"],
     ["cxrad.detector"],
     ["cxrad.models"],
     ["cxrad.pretrained"],
-    ["cxrad.evaluation", "cxrad.scoring", "cxrad.export"],
+    ["cxrad.evaluation", "cxrad.scoring", "cxrad.ray_scoring", "cxrad.export"],
     ["cxrad.report", "cxrad.app"],
     ["cxrad.cli", "cxrad.__main__"],
     ["cxrad"],  # the package root only re-exports, lazily

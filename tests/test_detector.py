@@ -9,19 +9,9 @@ from sklearn.base import clone
 
 from cxrad.errors import BundleError, DataError, NotFittedError
 from cxrad.models import REGISTRY, load_detector
+from tiny_models import TINY_SETTINGS
 
-# the smallest settings of each kind that still train a real network (a couple of epochs at 32 px)
-TINY = {
-    "cae": {"image_size": 32, "epochs": 1},
-    "dae": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3},
-    "aeu": {"image_size": 32, "epochs": 1, "width": 4, "hidden": 32},
-    "regional": {"image_size": 32},
-    "anogan": {"image_size": 32, "epochs": 1, "width": 8, "z_dim": 8, "map_iters": 3},
-    "fanogan": {"image_size": 32, "epochs": 1, "width": 8, "z_dim": 8},
-    "fusion": {"image_size": 32, "epochs": 1, "member_params": {"dae": {"width": 8, "depth": 3, "image_size": 32}}},
-    "patchcore": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3},
-    "opacity": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3},
-}
+TINY = TINY_SETTINGS
 
 
 def test_every_registered_detector_has_tiny_settings():

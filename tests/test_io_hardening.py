@@ -294,7 +294,7 @@ def test_valid_dicom_variants_still_decode(ctx, shared_data):
 
 # ---------------------------------------------------------------------------- only ImageReadError escapes
 def test_an_unforeseen_decoder_failure_is_an_image_read_error(monkeypatch, shared_data):
-    def broken(data):
+    def broken(data, keep_uint8=False):
         raise TypeError("a decoder bug\nwith a second line")
     monkeypatch.setattr(cio, "_raster_to_grey", broken)
     with pytest.raises(ImageReadError, match=r"^cannot decode the image \(TypeError: a decoder bug\)$"):

@@ -8,6 +8,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CXRAD_DATA", ROOT.parent / "shared" / "data"))
 _TRAINED: dict[str, Path] = {}
+# the smallest settings of each kind that still train a real network (a couple of epochs at 32 px)
+TINY_SETTINGS = {
+    "cae": {"image_size": 32, "epochs": 1, "latent_dim": 16},
+    "dae": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3},
+    "aeu": {"image_size": 32, "epochs": 1, "width": 4, "hidden": 32},
+    "regional": {"image_size": 32},
+    "anogan": {"image_size": 32, "epochs": 1, "width": 8, "z_dim": 8, "map_iters": 3},
+    "fanogan": {"image_size": 32, "epochs": 1, "width": 8, "z_dim": 8},
+    "fusion": {"image_size": 32, "epochs": 1, "member_params": {"dae": {"width": 8, "depth": 3, "image_size": 32}}},
+    "patchcore": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3},
+    "opacity": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3},
+}
 
 
 def normal_images(n: int = 40) -> list[str]:

@@ -301,7 +301,7 @@ def _decode(path: str) -> np.ndarray:
     if NPZ_SEP in path:
         arr = _npz_array(path)
         return (arr.astype(np.float32) / 255.0) if arr.ndim == 2 else arr.mean(-1).astype(np.float32) / 255.0
-    return decode_image(read_bytes(path), Path(path).suffix)
+    return decode_image(read_bytes(path), Path(path).suffix, keep_uint8=True)
 
 
 def prep_key(prep: Preprocessing) -> str:
@@ -448,7 +448,7 @@ def as_imageset(data, prep: Preprocessing, cache_dir=None, progress: bool = Fals
     if isinstance(data, ImageSet):
         if data.images.shape[1:] == (prep.size, prep.size):
             return data
-        images = np.stack([resize(im.astype(np.float32) / 255.0, prep) for im in data.images]) \
+        images = np.stack([resize(np.asarray(im, np.uint8), prep) for im in data.images]) \
             if len(data) else np.zeros((0, prep.size, prep.size), np.uint8)
         return ImageSet(images, data.frame, prep, data.errors)
     if isinstance(data, (str, os.PathLike, list, tuple, pd.DataFrame)):

@@ -23,13 +23,13 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator
 
 from . import thresholds as th
 from .bundle import read_bundle, write_bundle
 from .data import DataError, ImageSet, as_imageset, fingerprint, hold_out_normals
 from .errors import BundleError, NotFittedError
 from .io import Preprocessing
+from .params import ParamsMixin
 from .training import TrainConfig, resolve_device, run_key
 
 #: settings that change how a run executes, not what it learns: left out of bundles and run keys
@@ -40,7 +40,7 @@ REGISTRY: dict[str, type["Detector"]] = {}
 
 
 @dataclass(repr=False, eq=False)
-class Detector(BaseEstimator):
+class Detector(ParamsMixin):
     """Settings every detector has.
 
     Parameters

@@ -24,3 +24,7 @@ class NotFittedError(CxradError, RuntimeError):
 
 class ImageReadError(CxradError, ValueError):
     """A file that cannot be turned into an image; the message says why, in one line."""
+
+
+class ExportError(CxradError, ValueError):
+    """A model that cannot be exported in the asked format; the message says why and what to do instead."""

@@ -483,7 +483,7 @@ def _dicom_output_range(ds, voi_lut: bool) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------ PNG, JPEG, TIFF, BMP
-def _raster_to_grey(data: bytes) -> np.ndarray:
+def _raster_to_grey(data: bytes, keep_uint8: bool = False) -> np.ndarray:
     try:
         img = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
         width, height = img.size
@@ -506,7 +506,7 @@ def _raster_to_grey(data: bytes) -> np.ndarray:
     with DECODE_BUDGET.reserve(estimate):
         try:
             img.load()
-            return _to_grey(img) if factor == 1 else _to_grey_reduced(img, factor)
+            return _to_grey(img, keep_uint8) if factor == 1 else _to_grey_reduced(img, factor)
         except ImageReadError:
             raise
         except Image.DecompressionBombError as exc:
@@ -515,7 +515,9 @@ def _raster_to_grey(data: bytes) -> np.ndarray:
             raise ImageReadError(f"not a readable image ({_reason(exc)})") from None
 
 
-def _to_grey(img: Image.Image) -> np.ndarray:
+def _to_grey(img: Image.Image, keep_uint8: bool = False) -> np.ndarray:
+    """Grey float32 in [0, 1]; with ``keep_uint8``, an 8-bit image stays uint8 0-255 (no full-size float copy
+    before resizing: ``resize`` takes both and gives the same pixels)."""
     mode = img.mode
     if mode.startswith("I") or mode == "F":
         arr = np.asarray(img, dtype=np.float32)
@@ -524,7 +526,8 @@ def _to_grey(img: Image.Image) -> np.ndarray:
         img = img.convert("RGBA")
         # Composite on black: transparent regions carry no anatomy.
         img = Image.alpha_composite(Image.new("RGBA", img.size, 0), img)
-    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    grey = np.asarray(img if img.mode == "L" else img.convert("L"))
+    return grey if keep_uint8 else grey.astype(np.float32) / 255.0
 
 
 def _to_grey_reduced(img: Image.Image, factor: int) -> np.ndarray:
@@ -575,13 +578,14 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return data
 
 
-def decode_image(data: bytes, suffix: str = "") -> np.ndarray:
+def decode_image(data: bytes, suffix: str = "", keep_uint8: bool = False) -> np.ndarray:
     """Decode PNG/JPEG/TIFF/BMP/DICOM bytes into a float32 grey image in [0, 1] (longest side at most
-    MAX_DECODE_SIDE); every failure is an ImageReadError with a one-line reason."""
+    MAX_DECODE_SIDE); with ``keep_uint8``, 8-bit rasters come back as uint8 0-255 instead. Every failure is an
+    ImageReadError with a one-line reason."""
     if not data:
         raise ImageReadError("empty file")
     try:
-        grey = _dicom_to_grey(data) if _is_dicom(data, suffix) else _raster_to_grey(data)
+        grey = _dicom_to_grey(data) if _is_dicom(data, suffix) else _raster_to_grey(data, keep_uint8)
     except ImageReadError:
         raise
     except MemoryError:
@@ -601,8 +605,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def resize(grey: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """Resize a float grey image to prep.size square and return uint8 (H, W)."""
-    img = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    """Resize a float grey image in [0, 1] (or a uint8 one) to prep.size square and return uint8 (H, W)."""
+    if grey.dtype == np.uint8:  # the same pixels as the float path: round(v / 255 * 255) == v
+        img = Image.fromarray(grey)
+    else:
+        img = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     s = prep.size
     if prep.resize == "stretch":
         return np.asarray(img.resize((s, s), Image.BILINEAR, reducing_gap=3.0), dtype=np.uint8)

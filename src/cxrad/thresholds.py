@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve, roc_curve
-from sklearn.neighbors import KernelDensity
+
+# scikit-learn is imported inside the labelled rules: scoring with a stored threshold never needs it (~0.9 s)
 
 RULES = ("quantile", "crossing", "youden", "max-f1", "fixed")
 LABELLED_RULES = ("crossing", "youden", "max-f1")
@@ -40,7 +40,8 @@ def sensitivity_threshold(abnormal_scores, sensitivity: float) -> float:
     return float(np.nextafter(s[max(k, 0)], -np.inf)) if k < s.size else float(s[-1])
 
 
-def _kde(scores: np.ndarray) -> KernelDensity:
+def _kde(scores: np.ndarray):
+    from sklearn.neighbors import KernelDensity
     bw = 1.06 * max(scores.std(), 1e-12) * scores.size ** (-1 / 5)  # Silverman's rule
     return KernelDensity(bandwidth=bw).fit(scores[:, None])
 
@@ -68,6 +69,7 @@ def crossing_threshold(normal_scores, abnormal_scores, grid: int = 2048) -> floa
 
 
 def youden_threshold(labels, scores) -> float:
+    from sklearn.metrics import roc_curve
     fpr, tpr, thr = roc_curve(labels, scores)
     j = tpr - fpr
     i = int(np.argmax(j[1:])) + 1  # thr[0] is +inf
@@ -75,6 +77,7 @@ def youden_threshold(labels, scores) -> float:
 
 
 def max_f1_threshold(labels, scores) -> float:
+    from sklearn.metrics import precision_recall_curve
     prec, rec, thr = precision_recall_curve(labels, scores)
     f1 = 2 * prec[:-1] * rec[:-1] / np.maximum(prec[:-1] + rec[:-1], 1e-12)
     return float(np.nextafter(thr[int(np.argmax(f1))], -np.inf))

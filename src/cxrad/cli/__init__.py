@@ -12,10 +12,10 @@ import sys
 
 from ..errors import CxradError
 from ..version import __version__
-from . import app, demo, detectors, evaluate, report, score, train
+from . import app, demo, detectors, evaluate, export, report, score, train
 from .common import EXIT_FATAL, load_config
 
-COMMANDS = (train, score, evaluate, report, app, demo, detectors)
+COMMANDS = (train, score, evaluate, report, export, app, demo, detectors)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -38,7 +38,7 @@ class Generator(nn.Module):
         self.apply(dcgan_init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.view(len(z), self.z_dim, 1, 1))
+        return self.net(z.view(-1, self.z_dim, 1, 1))  # -1, not len(z): keeps the batch dynamic in exports
 
 
 class _DownTrunk(nn.Sequential):

@@ -6,7 +6,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from scipy.special import logsumexp
 
 from ...detector import TrainedDetector
 from ...training import fit_epochs, load_module, loss_step, map_batches, resolve_device, wrap_ddp
@@ -25,6 +24,7 @@ def kde_log_density(queries: np.ndarray, points: np.ndarray, bandwidth: float, c
 
     scikit-learn's tree-based estimate is not exact in high dimensions at small bandwidths: with 128-d latents
     it returned -55.7 where the exact value is -146.1 (tests/models/test_cae.py shows a case)."""
+    from scipy.special import logsumexp  # here, not at import: loading any model for scoring skips scipy
     points = np.asarray(points, np.float64)
     d = points.shape[1]
     log_norm = -np.log(len(points)) - 0.5 * d * np.log(2 * np.pi * bandwidth ** 2)
@@ -39,6 +39,7 @@ def kde_bandwidth(z: np.ndarray, bandwidths: np.ndarray = BANDWIDTHS, folds: int
     The folds and the criterion of ``GridSearchCV(KernelDensity(), {"bandwidth": bandwidths}, cv=folds)``
     (unshuffled folds, total held-out log-likelihood averaged over folds), but every bandwidth reuses one matrix
     of squared distances instead of refitting a tree per bandwidth and fold, and the likelihoods are exact."""
+    from scipy.special import logsumexp
     n, d = z.shape
     folds = min(folds, n)
     dist2 = squared_distances(z, z)

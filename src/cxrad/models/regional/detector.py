@@ -7,7 +7,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.covariance import LedoitWolf
 
 from ...detector import Detector
 from ...training import map_batches
@@ -46,6 +45,7 @@ class RegionalDetector(Detector):
         flat = cells.reshape(len(cells), -1).astype(np.float64)
         self.cell_mean_ = cells.mean(0)
         self.cell_sd_ = cells.std(0) + 1e-6
+        from sklearn.covariance import LedoitWolf  # here: loading a model for scoring needs no scikit-learn
         gauss = LedoitWolf().fit(flat)
         self.location_, self.precision_ = gauss.location_, gauss.precision_
         self.shrinkage_ = float(gauss.shrinkage_)
