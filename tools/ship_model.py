@@ -30,6 +30,7 @@ DISCLAIMER = ("**A research tool, not a diagnostic device.** It has not been val
 
 def card(name: str, meta: dict, results: dict, command: str, machine: str) -> str:
     p, td = meta["params"], meta["training_data"]
+    samples = td["n_train"] * int(meta.get("state", {}).get("epochs_done", p.get("epochs", 0)) or 0)
     rows = []
     for proto, r in results.items():
         lo, hi = r["auroc_ci"]
@@ -48,7 +49,7 @@ def card(name: str, meta: dict, results: dict, command: str, machine: str) -> st
   Training-data fingerprint (SHA-256 over the sorted image hashes): `{td['fingerprint']}`.
 - **Preprocessing**: grey, {meta['preprocessing']['size']}x{meta['preprocessing']['size']} px
   ({meta['preprocessing']['resize']}), per-image 1st-99th percentile intensity scaling inside the detector.
-- **Made by**: `{command}` on {machine}.
+- **Made by**: `{command}` on {machine}{f"; {samples:,} training samples" if samples else ""}.
 - **Threshold**: `{meta['threshold_rule']}` = {meta['threshold']:.4g} (95% specificity on held-out normal images).
 
 ## Evaluation (image-level, test splits disjoint from the training images)
@@ -67,7 +68,8 @@ can be won by recognising the hospital). Sensitivity and specificity are at the 
 For research: benchmarking, triage experiments, and as a starting point to fine-tune on a site's own normal
 films (`cxrad train`). It flags images that look unlike its training normals, which includes technical
 differences (exposure, devices, positioning, a new scanner) as well as disease. Performance on a new site must be
-measured there. Trained on CPU with a short schedule; see `docs/detectors.md` for how it compares.
+measured there. `docs/detectors.md` says how it compares with the other detectors and what its learning curve
+shows.
 """
 
 
