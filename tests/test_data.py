@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import cxrad.data as data_mod
-from cxrad.data import (DataError, deduplicate, from_csv, from_folder, from_nlm, from_npz, load_images,
+from cxrad.data import (DataError, deduplicate, from_csv, from_folder, from_nlm, load_images,
                         open_dataset, parse_label, patient_groups, split_by_patient)
 from cxrad.io import Preprocessing
 

@@ -90,3 +90,27 @@ def test_a_bundle_that_names_an_unknown_setting_is_refused(fitted, tmp_path):
     meta.write_text(meta.read_text().replace('"params": {', '"params": {"bogus": 1, ', 1))
     with pytest.raises(BundleError, match="bogus"):
         load_detector(tmp_path / "m")
+
+
+def test_labels_given_with_paths_stay_with_their_files(small_sets, tmp_path):
+    """y is matched to the paths before reading: an unreadable file does not shift the labels after it."""
+    from cxrad.models import RegionalDetector
+    train, test = small_sets[32]
+    normals = list(train.frame["path"][:12])
+    abnormal = str(test.frame.loc[test.frame["label"] == 1, "path"].iloc[0])
+    paths = normals[:3] + [str(tmp_path / "missing.png")] + normals[3:] + [abnormal]
+    det = RegionalDetector(image_size=32).fit(paths, y=[0] * 13 + [1])
+    assert det.n_train_ + det.n_val_ == 12  # the abnormal image is not trained on
+    with pytest.raises(ValueError, match="14 images but 13 labels"):
+        RegionalDetector(image_size=32).fit(paths, y=[0] * 13)
+
+
+def test_refitting_starts_from_raw_scores(small_sets):
+    """A second fit learns its calibration from raw member scores again, not from calibrated ones."""
+    from cxrad.models import FusionDetector
+    train, test = small_sets[32]
+    det = FusionDetector(**TINY["fusion"], seed=0, device="cpu", batch_size=16).fit(train)
+    first = (dict(det.standardise_), det.decision_function(test))
+    det.fit(train)
+    assert det.standardise_ == first[0]
+    np.testing.assert_allclose(det.decision_function(test), first[1], rtol=1e-5)

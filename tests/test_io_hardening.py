@@ -2,7 +2,7 @@
 refused with a one-line reason instead of becoming a score, and nothing but ImageReadError escapes."""
 from __future__ import annotations
 
-import io
+
 import json
 import os
 import subprocess

@@ -10,8 +10,6 @@ written but not synced, written but not renamed, the commit rename not done, old
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import signal

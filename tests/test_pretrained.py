@@ -41,7 +41,7 @@ def test_score_without_a_model_uses_the_shipped_default(shared_data, capsys, tmp
     pneumonia = next((shared_data / "kermany224" / "test" / "PNEUMONIA").glob("*.jpeg"))
     code = main(["score", str(normal), str(pneumonia), "--json", "--out", str(tmp_path), "--device", "cpu"])
     assert code == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in rows] == [str(normal), str(pneumonia)]
     assert all(r["error"] == "" and 0 <= r["percentile"] <= 100 for r in rows)
     assert (tmp_path / "scores.csv").exists()

@@ -9,7 +9,7 @@ import torch
 
 from cxrad.data import prep_key
 from cxrad.models import load_detector
-from cxrad.scoring import model_threads, score_to_files
+from cxrad.scoring import model_threads, read_scores, score_to_files
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def test_stream_cold_warm_and_damaged_cache_give_the_batch_scores(dae, files, tm
     expected = by_path(dae.score(files))
     cache = tmp_path / "cache"
     for run in ("cold", "warm"):
-        got = by_path(score_to_files(dae, files, tmp_path / run, batch_size=16, cache_dir=cache))
+        score_to_files(dae, files, tmp_path / run, batch_size=16, cache_dir=cache)
+        got = by_path(read_scores(tmp_path / run / "scores.csv"))
         assert list(got.index) == list(expected.index), run
         np.testing.assert_allclose(got["score"], expected["score"], rtol=1e-6, err_msg=run)
         assert (got["error"] != "").sum() == 1 and "not a readable image" in got.loc[files[30], "error"]
@@ -45,7 +46,8 @@ def test_stream_cold_warm_and_damaged_cache_give_the_batch_scores(dae, files, tm
     items[1].write_bytes(items[1].read_bytes()[:40])
     for set_file in (cache / prep_key(dae.prep) / "sets").glob("*.npy"):
         set_file.unlink()
-    got = by_path(score_to_files(dae, files, tmp_path / "damaged", batch_size=16, cache_dir=cache))
+    score_to_files(dae, files, tmp_path / "damaged", batch_size=16, cache_dir=cache)
+    got = by_path(read_scores(tmp_path / "damaged" / "scores.csv"))
     np.testing.assert_allclose(got["score"], expected["score"], rtol=1e-6)
     assert items[0].stat().st_size > 0 and items[1].stat().st_size > 40  # decoded again and rewritten
 

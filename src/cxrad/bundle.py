@@ -98,6 +98,12 @@ def read_meta(path) -> dict:
     return doc
 
 
+def bundle_file_names(path) -> list[str]:
+    """The files of a bundle folder that loading reads: model.json and the weights it names."""
+    doc = read_meta(path)
+    return [META_FILE, doc["weights"]["file"] if doc["format_version"] != 1 else LEGACY_TENSOR_FILE]
+
+
 def read_bundle(path, allow_unverified: bool = False) -> tuple[dict, dict]:
     """(model.json, tensors) of a bundle whose weights match their recorded SHA-256.
 

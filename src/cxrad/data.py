@@ -434,7 +434,7 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
     ok = np.array([r[0] is not None for r in results], dtype=bool)
     images = np.stack([r[0] for r in results if r[0] is not None]) if ok.any() else \
         np.zeros((0, prep.size, prep.size), np.uint8)
-    errors = frame.loc[~ok, ["path"]].assign(error=[r[1] for r in results if r[0] is None]).reset_index(drop=True)
+    errors = frame.loc[~ok].assign(error=[r[1] for r in results if r[0] is None]).reset_index(drop=True)
     if set_file is not None and ok.all():
         _try_cache(set_file, images)
     return ImageSet(images, frame[ok].reset_index(drop=True), prep, errors)
@@ -458,6 +458,26 @@ def as_imageset(data, prep: Preprocessing, cache_dir=None, progress: bool = Fals
         return as_imageset(ImageSet.from_arrays(arr[None] if arr.ndim == 2 else arr), prep)
     raise TypeError(f"cannot read images from a {type(data).__name__}; give an ImageSet, an array (N, H, W), "
                     "a manifest DataFrame or paths")
+
+
+def with_labels(data, y) -> "ImageSet | pd.DataFrame":
+    """``data`` with the labels ``y`` attached row by row before anything is read, so that an unreadable file
+    cannot shift the labels of the files after it."""
+    y = np.asarray(y, int).ravel()
+    if isinstance(data, (str, os.PathLike)):
+        data = [data]
+    if isinstance(data, (list, tuple)):
+        data = pd.DataFrame({"path": [str(p) for p in data]})
+    elif not isinstance(data, (pd.DataFrame, ImageSet)):
+        arr = np.asarray(data)
+        data = ImageSet.from_arrays(arr[None] if arr.ndim == 2 else arr)
+    if isinstance(data, ImageSet) and len(data.errors):
+        raise ValueError("labels cannot be matched to an ImageSet with unreadable rows; label its manifest")
+    if len(data) != len(y):
+        raise ValueError(f"{len(data)} images but {len(y)} labels")
+    if isinstance(data, pd.DataFrame):
+        return data.assign(label=y)
+    return ImageSet(data.images, data.frame.assign(label=y), data.prep)
 
 
 def hold_out_normals(normal: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:

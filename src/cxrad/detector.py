@@ -9,9 +9,9 @@
 
 Detectors are dataclasses, so every setting is an explicit ``__init__`` argument and ``get_params``,
 ``set_params`` and ``sklearn.base.clone`` work; fitted state ends in ``_``. A subclass names its ``kind``
-(which registers it) and implements the hooks at the bottom: ``fit_arrays``, ``score_arrays``, ``weights``
-and ``restore``, optionally ``calibrate_components``/``combine``, ``anomaly_map``, ``reconstruct`` and
-``features``.
+(which registers it) and implements the hooks at the bottom: ``fit_arrays``, ``score_components``,
+``weights`` and ``restore``, optionally ``calibrate_components``/``combine``, ``anomaly_map``, ``reconstruct``
+and ``features``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch
 
 from . import thresholds as th
 from .bundle import read_bundle, write_bundle
-from .data import DataError, ImageSet, as_imageset, fingerprint, hold_out_normals
+from .data import DataError, ImageSet, as_imageset, fingerprint, hold_out_normals, with_labels
 from .errors import BundleError, NotFittedError
 from .io import Preprocessing
 from .params import ParamsMixin
@@ -106,8 +106,8 @@ class Detector(ParamsMixin):
         """Train on the normal images of ``X`` (rows labelled abnormal, in its manifest or ``y``, are left
         out). Without ``val``, a patient-level ``val_fraction`` of the normals is held out to learn the normal
         score distribution and the label-free threshold."""
-        images = as_imageset(X, self.prep, self.cache_dir, self.progress)
-        labels = images.labels if y is None else np.asarray(y, int)
+        images = as_imageset(X if y is None else with_labels(X, y), self.prep, self.cache_dir, self.progress)
+        labels = images.labels
         if len(images) == 0:
             raise DataError("the training set is empty (no readable images)")
         normal = images.subset(labels == 0)
@@ -126,9 +126,9 @@ class Detector(ParamsMixin):
         self.fit_arrays(np.asarray(train.images), np.asarray(val.images))
         self.n_train_, self.n_val_ = len(train), len(val)
         self.train_fingerprint_ = fingerprint(train)
-        components = self.score_arrays(np.asarray(val.images))  # scored once: mapping-based scores are costly
-        self.calibrate_components(components)
-        val_scores = finite_scores(self.combine(components), "normal validation")
+        raw = self.score_components(np.asarray(val.images))  # scored once: mapping-based scores are costly
+        self.calibrate_components(raw)
+        val_scores = finite_scores(self.combine(raw)["score"], "normal validation")
         self.normal_scores_ = np.sort(val_scores)
         self.thresholds_ = {"quantile": th.quantile_threshold(val_scores, self.specificity)}
         self.threshold_rule_, self.threshold_ = "quantile", self.thresholds_["quantile"]
@@ -287,15 +287,19 @@ class Detector(ParamsMixin):
         raise NotImplementedError
 
     def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-image arrays: ``score`` and every name in ``components``."""
+        """Per-image arrays for uint8 images at the model's size: ``score`` and every name in ``components``."""
+        return self.combine(self.score_components(images))
+
+    def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The detector's raw per-image arrays (before any calibration learnt in ``fit``)."""
         raise NotImplementedError
 
-    def calibrate_components(self, val_components: dict) -> None:
-        """Learn how to combine components from held-out normal scores (before thresholds are set)."""
+    def calibrate_components(self, raw: dict) -> None:
+        """Learn how to combine raw components from the held-out normals' (before thresholds are set)."""
 
-    def combine(self, components: dict) -> np.ndarray:
-        """The score from already computed components, after ``calibrate_components``."""
-        return components["score"]
+    def combine(self, raw: dict) -> dict[str, np.ndarray]:
+        """The components and ``score`` from raw components, after ``calibrate_components``."""
+        return raw
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The fitted arrays, for the bundle's safetensors file."""

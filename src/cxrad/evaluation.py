@@ -19,13 +19,18 @@ def score_columns(table: pd.DataFrame, components=(), labelled: bool = False) ->
     return [c for c in ("path", *extra, "score", *components, "percentile", "anomalous", "error") if c in table]
 
 
+def json_lines(rows: pd.DataFrame) -> str:
+    """One JSON object per row, each line ending in a newline (so appended batches never run together)."""
+    text = rows.to_json(orient="records", lines=True) if len(rows) else ""
+    return text if not text or text.endswith("\n") else text + "\n"
+
+
 def write_scores(table: pd.DataFrame, out: Path, components=(), labelled: bool = True, stem: str = "scores") -> None:
     """``stem``.csv and ``stem``.jsonl (one JSON object per line); an error row's score and verdict are empty
     in the CSV and null in JSON."""
     table = table[score_columns(table, components, labelled)]
     atomic_write_text(out / f"{stem}.csv", table.to_csv(index=False))
-    text = table.to_json(orient="records", lines=True) if len(table) else ""
-    atomic_write_text(out / f"{stem}.jsonl", text if not text or text.endswith("\n") else text + "\n")
+    atomic_write_text(out / f"{stem}.jsonl", json_lines(table))
 
 
 def evaluate_model(det, data, out: Path | None = None, cache_dir=None, progress: bool = False) -> dict:

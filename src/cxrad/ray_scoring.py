@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .bundle import read_meta
+from .bundle import bundle_file_names
 from .data import load_images
 from .errors import UserError
-from .evaluation import score_columns
+from .evaluation import json_lines, score_columns
 from .files import atomic_open, atomic_write_text
 from .pretrained import resolve
-from .scoring import json_lines
+from .scoring import read_scores
 
 SHARD_NAME = "scores-{:05d}"
 
@@ -35,7 +35,7 @@ class BundleScorer:
     """The Ray actor: the model, loaded once from its files' bytes, scoring pandas batches of paths."""
 
     def __init__(self, bundle_files: dict[str, bytes], cache_dir: str | None = None, threads: int = 1,
-                 operating_point: tuple[str, float] | None = None):
+                 operating_point=None):
         import torch
 
         from .models import load_detector
@@ -45,30 +45,22 @@ class BundleScorer:
             (Path(self._folder.name) / name).write_bytes(data)
         self.det = load_detector(self._folder.name, device="cpu")  # checks the weights' checksum
         if operating_point is not None:  # the driver's --threshold-value / --target-specificity
-            rule, threshold = operating_point
-            self.det.thresholds_[rule] = float(threshold)
-            self.det.threshold_rule_, self.det.threshold_ = rule, float(threshold)
+            self.det.set_operating_point(operating_point)
         self.cache_dir, self.threads = cache_dir, max(1, int(threads))
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         frame = pd.DataFrame({"path": batch["path"].astype(str).to_numpy(), "label": 0,
                               "row": batch["row"].to_numpy()})
         table = self.det.score(load_images(frame, self.det.prep, cache_dir=self.cache_dir, workers=self.threads))
-        # unreadable files come back last, without their row number: theirs are the missing ones, in order
-        rows = pd.to_numeric(table["row"]).to_numpy(dtype=float, copy=True)
-        rows[np.isnan(rows)] = sorted(set(frame["row"]) - set(rows[~np.isnan(rows)].astype(int)))
         out = table[score_columns(table, self.det.components)].copy()
-        out["row"] = rows.astype(np.int64)
+        out["row"] = table["row"].astype(np.int64)  # unreadable files keep their manifest columns too
         out["anomalous"] = out["anomalous"].astype(object).where(out["anomalous"].notna(), None)
         return out.sort_values("row", kind="stable")
 
 
 def bundle_files(path) -> dict[str, bytes]:
-    """The bytes of a bundle folder's model.json and weights file (what ``load_detector`` reads)."""
-    path = Path(path)
-    meta = read_meta(path)
-    names = ["model.json", meta["weights"]["file"] if "weights" in meta else "model.safetensors"]
-    return {name: (path / name).read_bytes() for name in names}
+    """The bytes of a bundle folder's files (what ``load_detector`` reads)."""
+    return {name: (Path(path) / name).read_bytes() for name in bundle_file_names(path)}
 
 
 def shard_paths(out: Path, shard: int) -> tuple[Path, Path]:
@@ -78,10 +70,10 @@ def shard_paths(out: Path, shard: int) -> tuple[Path, Path]:
 
 def score_with_ray(model, files: list[str], out, address: str | None = None, actors: int | None = None,
                    batch_size: int = 64, shard_size: int = 10_000, cache_dir=None, resume: bool = False,
-                   progress: bool = False, operating_point: tuple[str, float] | None = None) -> pd.DataFrame:
+                   progress: bool = False, operating_point=None) -> pd.DataFrame:
     """Score ``files`` with ``model`` (a bundle folder or shipped model name) on Ray. ``address``: None starts a
     local Ray (or uses the one this process started), 'auto' joins this machine's cluster, 'ray://host:10001' a
-    remote one. ``operating_point`` (rule, threshold) replaces the bundle's active threshold. Returns the merged
+    remote one. ``operating_point`` (a ``thresholds.OperatingPoint``) replaces the bundle's active threshold. Returns the merged
     rows."""
     try:
         import ray
@@ -164,5 +156,4 @@ def merge_shards(out: Path, n_shards: int) -> pd.DataFrame:
             with open(jsonl_path, "rb") as fh:
                 while chunk := fh.read(1 << 20):
                     jsonl_out.write(chunk)
-    return pd.read_csv(out / "scores.csv", keep_default_na=False, na_values={"score": [""], "percentile": [""]},
-                       dtype={"error": str})
+    return read_scores(out / "scores.csv")

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pandas as pd
 
 from .data import IMAGE_SUFFIXES, load_images
 from .errors import UserError
-from .evaluation import score_columns
-from .files import UnsafeFileError, open_regular_file
+from .evaluation import json_lines, score_columns
+from .files import UnsafeFileError, atomic_write_text, open_regular_file
 
 DICOM_MAGIC_OFFSET = 128
 
@@ -129,56 +127,96 @@ def score_stream(det, files: list[str], batch_size: int = 64, workers: int = 2, 
             yield det.score(images)
 
 
-def done_paths(csv_path: Path) -> set[str]:
-    """Paths already in a score file (a partial last line left by a kill is ignored)."""
+@dataclass
+class ScoreSummary:
+    """What a streamed scoring run produced: counts over every row (earlier runs' included when resuming)
+    and the first rows, for a terminal; the rows themselves are in the output files."""
+
+    rows: int = 0
+    errors: int = 0
+    anomalous: int = 0
+    head: pd.DataFrame | None = None
+
+
+def read_scores(csv_path) -> pd.DataFrame:
+    """A score file as written: empty score and verdict cells of error rows stay missing, errors stay text."""
+    return pd.read_csv(csv_path, keep_default_na=False, na_values={"score": [""], "percentile": [""]},
+                       dtype={"error": str})
+
+
+def _resume(csv_path: Path, jsonl_path: Path) -> pd.DataFrame:
+    """The rows a killed run finished. A partial last CSV line is cut off in place, and the JSON Lines file is
+    rewritten from the CSV, so both files hold the same rows before appending resumes."""
     if not csv_path.exists():
-        return set()
-    text = csv_path.read_text("utf-8")
-    if text and not text.endswith("\n"):
-        text = text[:text.rfind("\n") + 1]
-        csv_path.write_text(text, "utf-8")  # drop the partial row so appends start on a fresh line
-    return {row["path"] for row in csv.DictReader(io.StringIO(text))}
+        jsonl_path.unlink(missing_ok=True)
+        return pd.DataFrame()
+    with open(csv_path, "rb+") as fh:
+        data = fh.read()
+        if data and not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+    done = read_scores(csv_path) if csv_path.stat().st_size else pd.DataFrame()
+    atomic_write_text(jsonl_path, json_lines(done))
+    return done
 
 
-def score_to_files(det, files: list[str], out, resume: bool = False, batch_size: int = 64, workers: int = 2,
-                   cache_dir=None, progress: bool = False, threads: int | None = None) -> pd.DataFrame:
-    """Stream the scores of ``files`` into ``out``/scores.csv and scores.jsonl, appending batch by batch (each
-    write flushed to disk). With ``resume``, files already in scores.csv are skipped. Returns every row."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, jsonl_path = out / "scores.csv", out / "scores.jsonl"
-    done = done_paths(csv_path) if resume else set()
-    if not resume:
-        for p in (csv_path, jsonl_path):
-            p.unlink(missing_ok=True)
+def _count(summary: ScoreSummary, rows: pd.DataFrame, head: int) -> None:
+    errors = rows["error"].fillna("") != ""
+    summary.rows += len(rows)
+    summary.errors += int(errors.sum())
+    summary.anomalous += int(rows.loc[~errors, "anomalous"].astype(str).str.lower().isin(["true", "1"]).sum())
+    if summary.head is None or len(summary.head) < head:
+        summary.head = rows.head(head) if summary.head is None else \
+            pd.concat([summary.head, rows]).head(head).reset_index(drop=True)
+
+
+def summarise(table: pd.DataFrame, head: int = 200) -> ScoreSummary:
+    """The summary of a score table already in memory (as the Ray engine returns)."""
+    summary = ScoreSummary()
+    _count(summary, table, head)
+    return summary
+
+
+def score_to_files(det, files: list[str], out=None, resume: bool = False, batch_size: int = 64, workers: int = 2,
+                   cache_dir=None, progress: bool = False, threads: int | None = None, on_batch=None,
+                   head: int = 200) -> ScoreSummary:
+    """Stream the scores of ``files`` into ``out``/scores.csv and scores.jsonl (nothing is written when ``out``
+    is None), appending batch by batch, each write flushed to disk; ``on_batch(rows)`` sees every batch. With
+    ``resume``, files already in scores.csv are skipped. Only counts and the first ``head`` rows stay in memory."""
+    summary = ScoreSummary()
+    csv_path = jsonl_path = None
+    done = set()
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        csv_path, jsonl_path = out / "scores.csv", out / "scores.jsonl"
+        if resume:
+            finished = _resume(csv_path, jsonl_path)
+            if len(finished):
+                done = set(finished["path"])
+                _count(summary, finished, head)
+        else:
+            for p in (csv_path, jsonl_path):
+                p.unlink(missing_ok=True)
     todo = [f for f in files if f not in done]
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img", desc="scoring")
-    tables = []
     columns = None
     for table in score_stream(det, todo, batch_size, workers, cache_dir, threads):
         columns = columns or score_columns(table, det.components)
         rows = table[columns]
-        _append(csv_path, rows.to_csv(index=False, header=not csv_path.exists() or csv_path.stat().st_size == 0))
-        _append(jsonl_path, json_lines(rows))
-        tables.append(rows)
+        if csv_path is not None:
+            _append(csv_path, rows.to_csv(index=False, header=not csv_path.exists() or csv_path.stat().st_size == 0))
+            _append(jsonl_path, json_lines(rows))
+        if on_batch is not None:
+            on_batch(rows)
+        _count(summary, rows, head)
         if bar is not None:
             bar.update(len(rows))
     if bar is not None:
         bar.close()
-    if resume and done:
-        return pd.read_csv(csv_path, keep_default_na=False, na_values={"score": [""], "percentile": [""]},
-                           dtype={"error": str})
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=score_columns(
-        pd.DataFrame(columns=["path", "score", "percentile", "anomalous", "error"]), det.components))
-
-
-def json_lines(rows: pd.DataFrame) -> str:
-    """One JSON object per row, each line ending in a newline (so appended batches never run together)."""
-    text = rows.to_json(orient="records", lines=True) if len(rows) else ""
-    return text if not text or text.endswith("\n") else text + "\n"
+    return summary
 
 
 def _append(path: Path, text: str) -> None:
@@ -186,14 +224,3 @@ def _append(path: Path, text: str) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def summarise(table: pd.DataFrame) -> dict:
-    ok = table[table["error"].fillna("") == ""]
-    flagged = ok["anomalous"].astype(str).str.lower().isin(["true", "1"])
-    return {"files": int(len(table)), "scored": int(len(ok)), "errors": int(len(table) - len(ok)),
-            "anomalous": int(flagged.sum()), "median_score": float(np.median(ok["score"])) if len(ok) else None}
-
-
-def to_json(table: pd.DataFrame) -> str:
-    return json.dumps(json.loads(table.to_json(orient="records")), indent=1)

@@ -75,19 +75,23 @@ def test_score_folder_with_bad_files_and_files_that_are_not_images(cli, trained,
     assert list(ignored["path"]) == [str(folder / "readme.txt")]
 
 
+def lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
 def test_score_good_files_json_and_operating_points(cli, trained, shared_data):
     files = sorted((shared_data / "nih_cxr14_talo" / "No_findings").glob("*.png"))[:3]
     code, out, err = cli("score", *files, "--model", trained, "--json", "--device", "cpu", "--quiet")
     assert code == EXIT_OK, err
-    rows = json.loads(out)
+    rows = lines(out)
     assert [r["path"] for r in rows] == [str(f) for f in files] and all(r["error"] == "" for r in rows)
     assert "label" not in rows[0]  # scoring plain files: no label column
     code, out, _ = cli("score", *files, "--model", trained, "--json", "--threshold-value=-1e9", "--quiet")
-    assert code == EXIT_OK and all(r["anomalous"] for r in json.loads(out))
+    assert code == EXIT_OK and all(r["anomalous"] for r in lines(out))
     code, out, _ = cli("score", *files, "--model", trained, "--json", "--target-specificity", "0.5", "--quiet")
     assert code == EXIT_OK
     code, out, _ = cli("score", files[0], files[0].parent / "nope.png", "--model", trained, "--json", "--quiet")
-    assert code == EXIT_SOME_FAILED and "not found" in json.loads(out)[1]["error"]
+    assert code == EXIT_SOME_FAILED and "not found" in lines(out)[1]["error"]
 
 
 def test_progress_unless_quiet(cli, trained, shared_data):
@@ -109,10 +113,22 @@ def test_resume_skips_what_a_killed_run_scored(cli, trained, shared_data, tmp_pa
     assert code == EXIT_OK
     table = pd.read_csv(out / "scores.csv")
     assert sorted(table["path"]) == sorted(map(str, files)) and table["path"].is_unique
-    fresh = pd.read_csv(cli("score", *files, "--model", trained, "--out", tmp_path / "all", "--quiet") and
-                        tmp_path / "all" / "scores.csv")
+    jsonl = lines((out / "scores.jsonl").read_text())
+    assert [r["path"] for r in jsonl] == list(table["path"])  # both files hold the same rows after the resume
+    cli("score", *files, "--model", trained, "--out", tmp_path / "all", "--quiet")
+    fresh = pd.read_csv(tmp_path / "all" / "scores.csv")
     merged = table.set_index("path").loc[fresh["path"]]
     np.testing.assert_allclose(merged["score"], fresh["score"], rtol=1e-6)
+
+
+def test_without_out_nothing_is_written_and_the_table_is_cut(cli, trained, shared_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    files = sorted((shared_data / "nih_cxr14_talo" / "No_findings").glob("*.png"))[:3]
+    from cxrad.scoring import score_to_files
+    from cxrad.models import load_detector
+    summary = score_to_files(load_detector(trained), [str(f) for f in files], None, head=2)
+    assert summary.rows == 3 and summary.errors == 0 and len(summary.head) == 2
+    assert not list(tmp_path.iterdir())
 
 
 def test_device_flag_is_honoured(cli, trained, shared_data):

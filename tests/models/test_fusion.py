@@ -42,7 +42,7 @@ def test_score_is_the_mean_of_member_scores_standardised_on_held_out_normals(fus
     # each member scores the input resized to its own size: its raw score, standardised by the stored
     # median and IQR, which are those of its scores on the held-out normals
     for name, member in zip(fused.components, fused.members_):
-        raw = member.combine(member.score_arrays(np.asarray(as_imageset(test, member.prep).images)))
+        raw = member.score_arrays(np.asarray(as_imageset(test, member.prep).images))["score"]
         median, scale = fused.standardise_[name]
         np.testing.assert_allclose(table[name], (raw - median) / scale, rtol=1e-4, atol=1e-4)
     # the held-out normals sit around 0 on every member's scale, so the fused threshold is a few units
@@ -106,7 +106,7 @@ def test_cli_trains_and_scores_a_fusion(sample_manifest, tmp_path, capsys, share
     image = shared_data / "kermany224" / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
     capsys.readouterr()
     assert main(["score", str(image), "--model", str(out), "--json"]) == 0
-    row = json.loads(capsys.readouterr().out)[0]
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert {"dae", "regional", "score"} <= set(row) and np.isfinite(row["score"])
 
 
@@ -114,8 +114,8 @@ def test_a_member_that_diverges_on_every_normal_is_a_clear_error(images, monkeyp
     from cxrad.data import DataError
     from cxrad.models.regional import RegionalDetector
 
-    real = RegionalDetector.score_arrays
-    monkeypatch.setattr(RegionalDetector, "score_arrays",
+    real = RegionalDetector.score_components
+    monkeypatch.setattr(RegionalDetector, "score_components",
                         lambda self, x: {k: np.full(len(x), np.nan) for k in real(self, x)})
     with pytest.raises(DataError, match="regional normal validation"), pytest.warns(RuntimeWarning):
         FusionDetector(member_params=SMALL_MEMBERS, image_size=64, device="cpu").fit(images[0])

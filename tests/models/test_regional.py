@@ -41,7 +41,7 @@ def test_regional_detector_separates_tb_from_normal(shared_data, cache_dir):
 
 def test_thresholds_ignore_a_diverged_validation_score(small_sets, monkeypatch):
     """A NaN score on a held-out normal image (a mapping that blew up) must not poison the thresholds."""
-    real = RegionalDetector.score_arrays
+    real = RegionalDetector.score_components
 
     def one_nan(self, images):
         out = real(self, images)
@@ -49,7 +49,7 @@ def test_thresholds_ignore_a_diverged_validation_score(small_sets, monkeypatch):
         out["score"][0] = np.nan
         return out
 
-    monkeypatch.setattr(RegionalDetector, "score_arrays", one_nan)
+    monkeypatch.setattr(RegionalDetector, "score_components", one_nan)
     with pytest.warns(RuntimeWarning, match="non-finite"):
         det = RegionalDetector(image_size=64).fit(small_sets[64][0])
     assert np.isfinite(det.normal_scores_).all() and np.isfinite(det.threshold_)

@@ -29,7 +29,8 @@ def add_parser(sub, argv=None) -> None:
     p.add_argument("--workers", type=int, default=2, help="decoding threads (2)")
     p.add_argument("--threads", type=int, default=None, help="the model's threads (default: the CPU cores left "
                    "after --workers, at least 1)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print JSON Lines (one object per file, as each batch "
+                   "is scored) instead of a table")
     ray = p.add_argument_group("Ray engine (pip install 'cxrad[ray]')")
     ray.add_argument("--engine", default="local", choices=["local", "ray"], help="local: this process (default); "
                      "ray: a pool of Ray actors, one CPU each, the model loaded once per actor")
@@ -42,8 +43,6 @@ def add_parser(sub, argv=None) -> None:
 
 
 def run(args) -> int:
-    import tempfile
-
     if args.engine != "ray" and (args.address or args.actors):
         raise UserError("--address and --actors are for --engine ray")
     if args.actors is not None and args.actors < 1:
@@ -55,7 +54,9 @@ def run(args) -> int:
     if args.batch_size < 1 or args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise UserError("--batch-size, --workers and --threads must be at least 1")
     from ..pretrained import load_model, resolve  # after the argument checks: these import torch and pandas
-    from ..scoring import collect_files, read_file_list, score_to_files
+    from ..evaluation import json_lines
+    from ..thresholds import operating_point
+    from ..scoring import collect_files, read_file_list, score_to_files, summarise
 
     det = load_model(args.model, args.device)
     apply_operating_point(det, args)
@@ -65,29 +66,38 @@ def run(args) -> int:
     if not files:
         raise UserError("no image files given" + (f" ({len(ignored)} file(s) ignored: not images)" if len(ignored)
                                                  else ""))
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(args.out) if args.out else Path(scratch)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file; give a folder")
-        if args.engine == "ray":
-            from ..ray_scoring import score_with_ray
-            table = score_with_ray(resolve(args.model), files, out, address=args.address, actors=args.actors,
-                                   batch_size=args.batch_size, shard_size=args.shard_size,
-                                   cache_dir=cache_dir(args), resume=args.resume, progress=not args.quiet,
-                                   operating_point=(det.threshold_rule_, det.threshold_))
-        else:
-            table = score_to_files(det, files, out, resume=args.resume, batch_size=args.batch_size,
-                                   workers=args.workers, cache_dir=cache_dir(args), progress=not args.quiet,
-                                   threads=args.threads)
-        if args.out:
-            if len(ignored):
-                from ..files import atomic_write_text
-                atomic_write_text(out / "ignored.csv", ignored.to_csv(index=False))
-            print(f"wrote {out / 'scores.csv'} and {out / 'scores.jsonl'}", file=sys.stderr)
-    print_table(table, args.json)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    stream = (lambda rows: print(json_lines(rows), end="", flush=True)) if args.json else None
+    if args.engine == "ray":
+        from ..ray_scoring import score_with_ray
+        if out is None:
+            raise UserError("--engine ray writes sharded outputs: give --out")
+        table = score_with_ray(resolve(args.model), files, out, address=args.address, actors=args.actors,
+                               batch_size=args.batch_size, shard_size=args.shard_size, cache_dir=cache_dir(args),
+                               resume=args.resume, progress=not args.quiet,
+                               operating_point=operating_point(det, "stored"))
+        summary = summarise(table)
+        if stream:
+            stream(table)
+    else:
+        summary = score_to_files(det, files, out, resume=args.resume, batch_size=args.batch_size,
+                                 workers=args.workers, cache_dir=cache_dir(args), progress=not args.quiet,
+                                 threads=args.threads, on_batch=stream)
+    if out is not None:
+        if len(ignored):
+            from ..files import atomic_write_text
+            atomic_write_text(out / "ignored.csv", ignored.to_csv(index=False))
+        print(f"wrote {out / 'scores.csv'} and {out / 'scores.jsonl'}", file=sys.stderr)
+    if not args.json:
+        print_table(summary.head)
+        if summary.rows > len(summary.head):
+            print(f"... {summary.rows - len(summary.head)} more row(s)"
+                  + (f" in {out / 'scores.csv'}" if out is not None else " (give --out to keep every row)"))
     for path, reason in ignored.itertuples(index=False):
         print(f"ignored {path}: {reason}", file=sys.stderr)
-    failed = int((table["error"].fillna("") != "").sum())
+    failed = summary.errors
     if failed:
-        print(f"{failed} of {len(table)} file(s) could not be scored; see the error column", file=sys.stderr)
+        print(f"{failed} of {summary.rows} file(s) could not be scored; see the error column", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK

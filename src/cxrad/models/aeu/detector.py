@@ -77,7 +77,7 @@ class AEUDetector(TrainedDetector):
             return out
         return map_batches(fn, normalise(images), 128, 1, next(self.model_.parameters()).device)
 
-    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
         out = self._forward(images)
         return {"mse": out["mse"].astype(np.float64), "weighted_error": out["weighted"].astype(np.float64),
                 "score": out["weighted"].astype(np.float64)}

@@ -205,7 +205,7 @@ class AnoGANDetector(_GANDetector):
         try:
             return super().fit(X, y, val)
         finally:
-            self._cache = None  # the held-out scores were only cached to avoid mapping them twice in fit
+            self._cache = None  # the held-out images' mapping is of no use after fit: free it
 
     def fit_arrays(self, train: np.ndarray, val: np.ndarray) -> None:
         self.train_gan(train)
@@ -265,7 +265,7 @@ class AnoGANDetector(_GANDetector):
             self._cache = cache = (key, self.map_latent(images))
         return cache[1]
 
-    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
         m = self._mapped(images)
         return {k: m[k].astype(np.float64) for k in ("residual", "discrimination", "score")}
 
@@ -334,7 +334,7 @@ class FAnoGANDetector(_GANDetector):
         return map_batches(lambda x: self._izif(_signed(x), self.encoder_), images, self.batch_size, 1,
                            self._device())
 
-    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
         out = self._forward(images)
         return {k: out[k].astype(np.float64) for k in ("residual", "discrimination", "score")}
 

@@ -134,13 +134,11 @@ class CAEDetector(TrainedDetector):
             return out
         return map_batches(fn, images, 128, self.channels, self._device())
 
-    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
         out = self._forward(images)
         log_density = kde_log_density((out["z"] - self.latent_mean_) / self.latent_sd_, self.kde_latents_,
                                       self.kde_bandwidth_)
-        comps = {"recon_error": out["err"].astype(np.float64), "log_density": log_density}
-        comps["score"] = self.combine(comps)
-        return comps
+        return {"recon_error": out["err"].astype(np.float64), "log_density": log_density}
 
     def calibrate_components(self, val: dict) -> None:
         self.component_stats_ = {
@@ -148,13 +146,12 @@ class CAEDetector(TrainedDetector):
             "neg_log_density": (float(np.mean(-val["log_density"])), float(np.std(val["log_density"]) + 1e-12)),
         }
 
-    def combine(self, comps: dict) -> np.ndarray:
-        if not hasattr(self, "component_stats_"):  # during calibration itself
-            return comps["recon_error"]
+    def combine(self, raw: dict) -> dict[str, np.ndarray]:
         (me, se), (md, sd) = self.component_stats_["recon_error"], self.component_stats_["neg_log_density"]
-        z_err = (comps["recon_error"] - me) / se
-        z_dens = (-comps["log_density"] - md) / sd
-        return {"either": np.maximum(z_err, z_dens), "recon": z_err, "density": z_dens}[self.score_mode]
+        z_err = (raw["recon_error"] - me) / se
+        z_dens = (-raw["log_density"] - md) / sd
+        score = {"either": np.maximum(z_err, z_dens), "recon": z_err, "density": z_dens}[self.score_mode]
+        return {**raw, "score": score}
 
     def component_thresholds(self, threshold: float | None = None) -> dict:
         """The write-up's two thresholds implied by a score threshold: error above / log-density below."""

@@ -134,7 +134,7 @@ class DAEDetector(TrainedDetector):
             return out
         return map_batches(fn, normalise(images), 64, 1, next(self.model_.parameters()).device)
 
-    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
         out = self._forward(images)
         box = out["box"].astype(np.float64)
         return {"box_residual": box, "top_residual": out["top"].astype(np.float64), "score": box}

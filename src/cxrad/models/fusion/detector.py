@@ -80,12 +80,13 @@ class FusionDetector(Detector):
         for m in self.members_:
             m.fit_arrays(self._at_size(m, train), self._at_size(m, val))
             # members with their own score calibration (the CAE's OR rule) learn it on the same normals
-            m.calibrate_components(m.score_arrays(self._at_size(m, val)))
+            m.calibrate_components(m.score_components(self._at_size(m, val)))
         # the members' loss curves (a statistics member's one-off summaries would flatten the plot)
         self.history_ = {f"{name}.{k}": v for name, m in zip(self.components, self.members_)
                          for k, v in getattr(m, "history_", {}).items() if "loss" in k}
 
-    def _member_scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Each member's own score, on the input resized to the member's size."""
         return {name: np.asarray(m.score_arrays(self._at_size(m, images))["score"], np.float64)
                 for name, m in zip(self.components, self.members_)}
 
@@ -100,15 +101,10 @@ class FusionDetector(Detector):
     def _standardised(self, raw: dict) -> dict[str, np.ndarray]:
         return {n: (raw[n] - self.standardise_[n][0]) / self.standardise_[n][1] for n in self.components}
 
-    def combine(self, raw: dict) -> np.ndarray:
-        z = np.stack(list(self._standardised(raw).values()))
-        return z.mean(0) if self.rule == "mean" else z.max(0)
-
-    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        raw = self._member_scores(images)
-        if not hasattr(self, "standardise_"):  # inside fit, before the normal statistics exist
-            return {**raw, "score": np.zeros(len(images))}
-        return {**self._standardised(raw), "score": self.combine(raw)}
+    def combine(self, raw: dict) -> dict[str, np.ndarray]:
+        z = self._standardised(raw)
+        stacked = np.stack(list(z.values()))
+        return {**z, "score": stacked.mean(0) if self.rule == "mean" else stacked.max(0)}
 
     # ------------------------------------------------------------------ pictures: the first member that has them
     def anomaly_map(self, images: np.ndarray) -> np.ndarray:

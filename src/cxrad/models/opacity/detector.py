@@ -117,7 +117,7 @@ class OpacityDetector(TrainedDetector):
             return out
         return map_batches(fn, normalise(images), 64, 1, next(self.model_.parameters()).device)
 
-    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
         out = self._forward(images)
         top = out["top"].astype(np.float64)
         return {"mean_map": out["mean"].astype(np.float64), "top_map": top, "score": top}

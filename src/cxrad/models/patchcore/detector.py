@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ...detector import TrainedDetector
 from ...errors import UserError
-from ...training import load_module, map_batches, resolve_device
+from ...training import load_module, map_batches
 from ..augment import normalise
 from ..dae.detector import DAEDetector
 from ..dae.model import UNet
@@ -151,7 +151,7 @@ class PatchCoreDetector(TrainedDetector):
         side = int(round(p ** 0.5))
         return scores.reshape(n, side, side)
 
-    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
         patch = self._patch_scores(images)
         side = patch.shape[-1]
         lo, hi = int(SCORE_BOX[0] * side), max(int(SCORE_BOX[0] * side) + 1, int(round(SCORE_BOX[1] * side)))

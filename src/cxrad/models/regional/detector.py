@@ -57,7 +57,7 @@ class RegionalDetector(Detector):
         d = flat - self.location_
         return np.einsum("ij,jk,ik->i", d, self.precision_, d)
 
-    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
         cells = self._cells(images)
         maha = self._mahalanobis(cells.reshape(len(cells), -1).astype(np.float64))
         z2 = ((cells - self.cell_mean_) / self.cell_sd_) ** 2
