@@ -22,7 +22,7 @@ import torch
 from cxrad.cli.common import parse_value as _parse_value
 from cxrad.data import load_images
 from cxrad.models import detector_class
-from cxrad.metrics import component_aurocs, evaluate
+from cxrad.evaluation import evaluate_model
 from cxrad.protocols import PROTOCOLS, load_protocol
 
 PAPER = "CAE paper (COVID-19, its own data): AUROC 0.672, recall 0.66"
@@ -45,12 +45,11 @@ def run_one(kind: str, params: dict, protocol, seed: int, cache_dir: str, device
     fit_s = time.time() - t0
     test = load_images(protocol.test, det.prep, cache_dir=cache_dir)
     t1 = time.time()
-    table = det.score(test)
+    m = evaluate_model(det, test)  # unreadable rows are counted, never scored
     score_s = time.time() - t1
-    m = evaluate(table["label"], table["score"], det.threshold_)
-    comps = component_aurocs(det, table)
+    table = m["scores"][m["scores"]["error"] == ""]
     return {"auroc": m["auroc"], "auroc_ci": m["auroc_ci"], "auprc": m["auprc"], "sensitivity": m["sensitivity"],
-            "specificity": m["specificity"], "components": comps, "fit_s": fit_s,
+            "specificity": m["specificity"], "components": m["components"], "fit_s": fit_s,
             "score_s_per_image": score_s / max(len(test), 1), "n_train": len(protocol.train),
             "n_test": len(test), "labels": table["label"].tolist(), "scores": table["score"].tolist()}
 

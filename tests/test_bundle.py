@@ -152,8 +152,11 @@ def test_one_channel_weights_loaded_as_three_channels(sample_manifest, cache_dir
 
 
 def test_other_bad_bundles(bundle, tmp_path):
-    with pytest.raises(BundleError, match="not a cxrad model bundle"):
+    with pytest.raises(BundleError, match="no such model bundle or shipped model"):
         load_detector(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="not a cxrad model bundle"):
+        load_detector(tmp_path / "empty")
     (tmp_path / "notjson").mkdir()
     (tmp_path / "notjson" / META_FILE).write_text("{oops")
     with pytest.raises(BundleError, match="not valid JSON"):

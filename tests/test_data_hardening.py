@@ -163,7 +163,12 @@ def test_stale_cache_temporaries_are_swept_once_and_live_ones_kept(tmp_path, goo
         p.write_bytes(b"half")
     t = time.time() - 2 * data_mod.STALE_CACHE_TMP_S
     os.utime(stale, (t, t))
-    data_mod._sweep_cache.cache_clear()  # a new process
+    data_mod._sweep_cache.cache_clear()  # a new process, within the hour: the folder was swept recently
+    load_images([str(p) for p in good[:2]], PREP, cache_dir=cache)
+    assert stale.exists()
+    stamp = cache / "s32-stretch" / ".swept"
+    os.utime(stamp, (t, t))
+    data_mod._sweep_cache.cache_clear()  # a new process, hours later
     load_images([str(p) for p in good[:2]], PREP, cache_dir=cache)
     assert not stale.exists()  # a killed writer's, an hour old
     assert live.exists()  # may be another process writing right now

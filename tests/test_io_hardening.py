@@ -2,7 +2,6 @@
 refused with a one-line reason instead of becoming a score, and nothing but ImageReadError escapes."""
 from __future__ import annotations
 
-
 import json
 import os
 import subprocess

@@ -17,10 +17,10 @@ import json
 import shutil
 from pathlib import Path
 
-from cxrad.bundle import read_bundle, read_meta
+from cxrad.bundle import read_meta
 from cxrad.evaluation import evaluate_model
 from cxrad.files import atomic_write_text
-from cxrad.models import detector_class, load_detector
+from cxrad.models import load_detector
 from cxrad.pretrained import PRETRAINED_DIR
 from cxrad.protocols import PROTOCOLS, load_protocol
 
@@ -76,10 +76,7 @@ shows.
 def upgrade(path: Path) -> None:
     """Rewrite a format-1 bundle (weights without a checksum) in the current format, in place. Only for
     bundles whose origin you trust: the checksum is computed from the weights as they are now."""
-    doc, tensors = read_bundle(path, allow_unverified=True)
-    det = detector_class(doc["kind"]).from_document(doc, device="cpu", where=str(path))
-    det.restore({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, doc.get("state", {}))
-    det.save(path)
+    load_detector(path, device="cpu", allow_unverified=True).save(path)
     print(f"upgraded {path} to bundle format {read_meta(path)['format_version']}")
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".
 MANIFEST_COLUMNS = ["path", "label", "finding", "patient_id", "source", "orig_split"]
 NORMAL_WORDS = {"normal", "0", "no finding", "no_finding", "no_findings", "healthy", "negative", "false"}
 ABNORMAL_WORDS = {"abnormal", "1", "anomaly", "anomalous", "positive", "true"}
-NPZ_SEP = "::"
-SAMPLES = Path(__file__).parent / "samples"  # "file.npz::test[12]" names one array of a MedMNIST file
+NPZ_SEP = "::"  # "file.npz::test[12]" names one array of a MedMNIST file
+SAMPLES = Path(__file__).parent / "samples"
 MAX_MANIFEST_BYTES = 1024 * 2**20
 MAX_NPZ_BYTES = 4 * 2**30
 #: a cache temporary this old is a killed writer's, not a live one's (other processes share the cache)
@@ -163,7 +164,7 @@ def from_csv(csv_path, root=None, source: str | None = None) -> pd.DataFrame:
 def from_npz(npz_path, source: str | None = None) -> pd.DataFrame:
     """A MedMNIST ``.npz`` (``{train,val,test}_images`` and ``_labels``, label 0 = normal)."""
     npz_path = Path(npz_path)
-    with np.load(npz_path, allow_pickle=False) as data:
+    with _open_npz(npz_path) as data:
         rows = []
         for split in ("train", "val", "test"):
             if f"{split}_images" not in data:
@@ -280,10 +281,19 @@ def split_by_patient(df: pd.DataFrame, fractions: dict[str, float], seed: int = 
 
 
 # ----------------------------------------------------------------------------------- loading and caching
+def _open_npz(file):
+    """An npz archive that is a regular file within the size cap (np.load on a FIFO would block)."""
+    try:
+        regular_file_size(file, MAX_NPZ_BYTES)
+    except UnsafeFileError as exc:
+        raise DataError(f"{file}: {exc}") from None
+    return np.load(file, allow_pickle=False)
+
+
 @functools.lru_cache(maxsize=4)
 def _npz_images(file: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
     """Every ``*_images`` array of an npz, read once (per file version) instead of once per image."""
-    with np.load(file, allow_pickle=False) as data:
+    with _open_npz(file) as data:
         return {k: data[k] for k in data.files if k.endswith("_images")}
 
 
@@ -292,7 +302,6 @@ def _npz_array(spec: str) -> np.ndarray:
     m = re.fullmatch(r"(\w+)\[(\d+)\]", item)
     if not m:
         raise ImageReadError(f"bad npz reference {item!r}")
-    regular_file_size(file, MAX_NPZ_BYTES)  # np.load on a FIFO would block
     st = os.stat(file)
     return _npz_images(file, st.st_mtime_ns, st.st_size)[f"{m.group(1)}_images"][int(m.group(2))]
 
@@ -339,9 +348,22 @@ def _cached(path: Path, shape: tuple, mmap: bool = False) -> np.ndarray | None:
 
 @functools.lru_cache(maxsize=64)
 def _sweep_cache(folder: str) -> int:
-    """Remove temporaries that killed writers left in a cache folder, once per process. Other processes may
-    be writing there now, so only old ones go."""
-    return remove_stale_temporaries(folder, older_than_s=STALE_CACHE_TMP_S, recursive=True)
+    """Remove temporaries that killed writers left in a cache folder: at most once an hour per folder (a stamp
+    file says when), so that a start-up does not walk a large cache. Other processes may be writing there now,
+    so only old temporaries go."""
+    stamp = Path(folder) / ".swept"
+    try:
+        if time.time() - stamp.stat().st_mtime < STALE_CACHE_TMP_S:
+            return 0
+    except OSError:
+        pass
+    removed = remove_stale_temporaries(folder, older_than_s=STALE_CACHE_TMP_S, recursive=True)
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+    except OSError:
+        pass  # a read-only cache is swept by whoever can write it
+    return removed
 
 
 @dataclass
@@ -380,12 +402,14 @@ class ImageSet:
         return cls(images, frame, prep or Preprocessing(size=images.shape[1]))
 
 
-def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, progress: bool = False) -> ImageSet:
+def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, progress: bool = False,
+                cache_set: bool = True) -> ImageSet:
     """Decode and resize a manifest (or a list of paths) into an ImageSet.
 
     Unreadable files do not stop the batch: they go to ``ImageSet.errors`` with their reason. With a
     ``cache_dir``, each decoded image is stored once as uint8 under its content hash and preprocessing key,
-    and the whole set as one memory-mapped array, so later epochs and runs never decode again.
+    and (``cache_set``) the whole set as one memory-mapped array, so later epochs and runs never decode again;
+    a streaming scorer's batches change from run to run, so it keeps only the per-image entries.
     """
     if isinstance(data, (str, os.PathLike)):
         data = [data]
@@ -400,12 +424,12 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
     square = (prep.size, prep.size)
 
     set_file = None
-    if cache is not None and (frame["sha256"] != "").all() and len(frame):
+    if cache is not None and cache_set and (frame["sha256"] != "").all() and len(frame):
         set_key = hashlib.sha256("\n".join(frame["sha256"]).encode()).hexdigest()[:32]
         set_file = cache / "sets" / f"{set_key}.npy"
         images = _cached(set_file, (len(frame), *square), mmap=True)
         if images is not None:
-            return ImageSet(images, frame, prep)  # a damaged set file is rebuilt below
+            return ImageSet(images, frame, prep)  # (a missing or damaged set file is rebuilt below)
 
     def one(i: int):
         path, digest = frame.at[i, "path"], frame.at[i, "sha256"]
@@ -435,7 +459,7 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
     images = np.stack([r[0] for r in results if r[0] is not None]) if ok.any() else \
         np.zeros((0, prep.size, prep.size), np.uint8)
     errors = frame.loc[~ok].assign(error=[r[1] for r in results if r[0] is None]).reset_index(drop=True)
-    if set_file is not None and ok.all():
+    if set_file is not None and cache_set and ok.all():
         _try_cache(set_file, images)
     return ImageSet(images, frame[ok].reset_index(drop=True), prep, errors)
 

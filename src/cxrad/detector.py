@@ -25,12 +25,12 @@ import pandas as pd
 import torch
 
 from . import thresholds as th
-from .bundle import read_bundle, write_bundle
+from .bundle import read_bundle, resolve, write_bundle
 from .data import DataError, ImageSet, as_imageset, fingerprint, hold_out_normals, with_labels
 from .errors import BundleError, NotFittedError
 from .io import Preprocessing
 from .params import ParamsMixin
-from .training import TrainConfig, resolve_device, run_key
+from .training import TrainConfig, resolve_device, run_key, wrap_ddp
 
 #: settings that change how a run executes, not what it learns: left out of bundles and run keys
 RUNTIME_PARAMS = frozenset({"device", "progress", "checkpoint_dir", "cache_dir", "max_minutes",
@@ -101,6 +101,11 @@ class Detector(ParamsMixin):
         return [{"name": p.name, "type": _type_name(p.annotation), "default": p.default,
                  "help": helps.get(p.name, "")} for p in sig.parameters.values() if p.name != "self"]
 
+    @classmethod
+    def unknown_settings(cls, params: dict) -> list[str]:
+        """The names in ``params`` that are not settings of this detector."""
+        return sorted(set(params) - {s["name"] for s in cls.settings()})
+
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, X, y=None, val=None) -> "Detector":
         """Train on the normal images of ``X`` (rows labelled abnormal, in its manifest or ``y``, are left
@@ -144,9 +149,10 @@ class Detector(ParamsMixin):
         abnormal = finite_scores(scores[images.labels == 1], "abnormal calibration", minimum=0)
         if sensitivity is not None:
             t, name = th.sensitivity_threshold(abnormal, sensitivity), f"sensitivity@{sensitivity:g}"
-        elif rule == "quantile":
+        elif rule == "quantile":  # a target other than the model's own is stored beside the label-free one
             spec = self.specificity if specificity is None else specificity
-            t, name = th.quantile_threshold(normal if len(normal) else self.normal_scores_, spec), "quantile"
+            name = "quantile" if spec == self.specificity else f"specificity@{spec:g}"
+            t = th.quantile_threshold(normal if len(normal) else self.normal_scores_, spec)
         else:
             t, name = th.compute_threshold(rule, normal, abnormal, value=value), rule
         self.thresholds_[name] = float(t)
@@ -232,9 +238,12 @@ class Detector(ParamsMixin):
         return write_bundle(path, self.kind, meta, {f"model.{k}": v for k, v in self.weights().items()})
 
     @classmethod
-    def load(cls, path, device: str = "auto") -> "Detector":
+    def load(cls, path, device: str = "auto", allow_unverified: bool = False) -> "Detector":
+        """A saved detector from a bundle folder or the name of a model shipped with cxrad. Format-1 bundles
+        (no weights checksum) load only with ``allow_unverified``, to be upgraded."""
         resolve_device(device)  # an unavailable device is the user's error, not a broken bundle
-        doc, tensors = read_bundle(path)
+        path = resolve(path)
+        doc, tensors = read_bundle(path, allow_unverified=allow_unverified)
         if doc.get("kind") != cls.kind:
             raise BundleError(f"{path}: holds a {doc.get('kind')!r} model, not a {cls.kind!r} one")
         det = cls.from_document(doc, device, where=str(path))
@@ -251,10 +260,9 @@ class Detector(ParamsMixin):
     def from_document(cls, doc: dict, device: str = "auto", where: str = "bundle") -> "Detector":
         """An unweighted detector with a bundle document's settings, thresholds and normal scores."""
         params = dict(doc.get("params") or {})
-        known = {s["name"] for s in cls.settings()}
-        unknown = set(params) - known
+        unknown = cls.unknown_settings(params)
         if unknown:
-            raise BundleError(f"{where}: settings {sorted(unknown)} are unknown to this cxrad's {cls.kind}")
+            raise BundleError(f"{where}: settings {unknown} are unknown to this cxrad's {cls.kind}")
         defaults = {s["name"]: s["default"] for s in cls.settings()}
         for k, v in params.items():  # JSON has no tuples: give tuple-valued settings their type back
             if isinstance(defaults.get(k), tuple) and isinstance(v, list):
@@ -340,6 +348,9 @@ class TrainedDetector(Detector):
         Also keep the weights every this many training samples, in checkpoint_dir/snapshots (learning curves).
     """
 
+    #: whether ``warm_start`` (fine-tuning from saved weights, ``cxrad train --init``) is implemented
+    supports_warm_start: ClassVar[bool] = True
+
     epochs: int = 50
     lr: float = 1e-3
     checkpoint_dir: str | None = None
@@ -351,7 +362,7 @@ class TrainedDetector(Detector):
     def train_config(self, train: np.ndarray, val: np.ndarray, desc: str, **settings) -> TrainConfig:
         """The loop's settings for this detector; the run key ties checkpoints to the data, the learned
         settings (less ``epochs``, so a finished run can be extended) and the starting weights."""
-        start = self.weights() if self.warm_start and self.is_fitted_network() else {}
+        start = self.weights() if self.warm_start and hasattr(self, "threshold_") else {}
         key = run_key(train, val, {k: v for k, v in self.learned_params().items() if k != "epochs"}, start)
         cfg = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
                "device": self.device, "checkpoint_dir": self.checkpoint_dir,
@@ -359,8 +370,14 @@ class TrainedDetector(Detector):
                "snapshot_every": self.snapshot_every, "progress": self.progress, "desc": desc, "key": key}
         return TrainConfig(**{**cfg, **settings})
 
-    def is_fitted_network(self) -> bool:
-        return hasattr(self, "threshold_")
+    def start_network(self, network):
+        """The network to train, on the device: the fitted one when warm-starting, else ``network()`` with
+        weights drawn from ``seed``; and the same wrapped for data-parallel training under torchrun."""
+        device = resolve_device(self.device)
+        torch.manual_seed(self.seed)
+        fitted = getattr(self, "model_", None) if self.warm_start and hasattr(self, "threshold_") else None
+        model = (fitted if fitted is not None else network()).to(device)
+        return model, wrap_ddp(model, device), device
 
     def record(self, result) -> None:
         """Keep the loop's history, and whether a time box stopped it before the last epoch."""

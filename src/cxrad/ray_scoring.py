@@ -51,7 +51,8 @@ class BundleScorer:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         frame = pd.DataFrame({"path": batch["path"].astype(str).to_numpy(), "label": 0,
                               "row": batch["row"].to_numpy()})
-        table = self.det.score(load_images(frame, self.det.prep, cache_dir=self.cache_dir, workers=self.threads))
+        table = self.det.score(load_images(frame, self.det.prep, cache_dir=self.cache_dir, workers=self.threads,
+                                           cache_set=False))
         out = table[score_columns(table, self.det.components)].copy()
         out["row"] = table["row"].astype(np.int64)  # unreadable files keep their manifest columns too
         out["anomalous"] = out["anomalous"].astype(object).where(out["anomalous"].notna(), None)

@@ -116,7 +116,7 @@ def score_stream(det, files: list[str], batch_size: int = 64, workers: int = 2, 
         return
 
     def load(chunk):
-        return load_images(chunk, det.prep, cache_dir=cache_dir, workers=workers)
+        return load_images(chunk, det.prep, cache_dir=cache_dir, workers=workers, cache_set=False)
 
     with ThreadPoolExecutor(1) as prefetch, torch_threads(threads or model_threads(workers)):
         pending = prefetch.submit(load, chunks[0])

@@ -350,10 +350,6 @@ class Checkpointer:
         write_state(self.dir / "snapshots" / f"samples-{samples:010d}.safetensors", tensors,
                     {"epoch": epoch, "samples": samples, "history": history})
 
-    def clear(self) -> None:
-        if self.path is not None and self.path.exists():
-            os.unlink(self.path)
-
 
 def write_state(path: Path, state, meta: dict) -> None:
     """Nested dicts/lists of tensors and plain values -> one safetensors file (structure in its header)."""

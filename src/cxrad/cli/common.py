@@ -58,10 +58,10 @@ def config_path(name: str) -> Path:
     path = Path(name)
     if path.exists():
         return path
-    if (CONFIG_DIR / f"{name}.yaml").exists():
-        return CONFIG_DIR / f"{name}.yaml"
-    if (CONFIG_DIR / path.name).exists():  # "configs/anogan_tb.yaml" as the README of a checkout writes it
-        return CONFIG_DIR / path.name
+    # a shipped config by its bare name, or as a checkout's configs/NAME.yaml once named it
+    shipped = path.name if path.parent == Path("configs") and path.suffix == ".yaml" else f"{name}.yaml"
+    if len(path.parts) <= 2 and (CONFIG_DIR / shipped).exists() and (path.parent in (Path("."), Path("configs"))):
+        return CONFIG_DIR / shipped
     raise UserError(f"config {name!r} not found: give a YAML file or one of {', '.join(shipped_configs())}")
 
 
@@ -109,11 +109,10 @@ def model_params(args) -> dict:
 
 def check_settings(cls, params: dict) -> None:
     """A clear error for a setting the detector does not have, listing the ones it has."""
-    names = [s["name"] for s in cls.settings()]
-    unknown = sorted(set(params) - set(names))
+    unknown = cls.unknown_settings(params)
     if unknown:
         raise UserError(f"the {cls.kind} detector has no setting {', '.join(map(repr, unknown))}; its settings: "
-                        f"{', '.join(names)} (`cxrad detectors {cls.kind}` explains each)")
+                        f"{', '.join(s['name'] for s in cls.settings())} (`cxrad detectors {cls.kind}` explains each)")
 
 
 def cache_dir(args) -> str:

@@ -1,7 +1,6 @@
 """``cxrad detectors``: the detectors and every setting each one takes."""
 from __future__ import annotations
 
-from ..errors import UserError
 from .common import EXIT_OK
 
 
@@ -14,10 +13,8 @@ def add_parser(sub, argv=None) -> None:
 
 
 def describe(kind: str) -> str:
-    from ..models import REGISTRY
-    if kind not in REGISTRY:
-        raise UserError(f"unknown detector {kind!r}; choose from {', '.join(sorted(REGISTRY))}")
-    cls = REGISTRY[kind]
+    from ..models import detector_class
+    cls = detector_class(kind)
     lines = [f"{kind}: {_summary(cls)}", "", "settings (--param KEY=VALUE):"]
     for s in cls.settings():
         lines.append(f"  {s['name']:<20} {s['type']:<18} default {s['default']!r:<12} {s['help']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import CxradError, UserError
 from .common import EXIT_OK, add_common, cache_dir, check_settings, model_params, open_manifest
 
 #: flags that set a detector setting of the same name only when given (the detector's default wins otherwise)
@@ -59,7 +59,7 @@ def _settings_epilog(argv: list[str]) -> str | None:
     from .detectors import describe
     try:
         return describe(argv[i + 1])
-    except UserError:
+    except CxradError:
         return None
 
 
@@ -88,8 +88,8 @@ def run(args) -> int:
         det = load_model(args.init, args.device)
         if args.detector and args.detector != det.kind:
             raise UserError(f"--init {args.init} is a {det.kind} model, not a {args.detector} one")
-        if "warm_start" not in det.get_params():
-            raise UserError(f"a {det.kind} model is not trained by gradient descent; --init does not apply")
+        if not getattr(det, "supports_warm_start", False):
+            raise UserError(f"a {det.kind} model cannot be fine-tuned from its weights; --init does not apply")
         for fixed in ("image_size", "resize"):
             if fixed in params and params[fixed] != getattr(det, fixed):
                 raise UserError(f"--init keeps the model's {fixed} ({getattr(det, fixed)}); it cannot be changed")
@@ -116,10 +116,10 @@ def run(args) -> int:
     if dist.rank:
         det.set_params(progress=False)
     det.fit(images)
-    _calibrate(det, args, images)
-    if not dist.main:
+    if not dist.main:  # rank 0 calibrates and writes
         dist.finish()
         return EXIT_OK
+    _calibrate(det, args, images)
     out = det.save(out)
     if len(images.errors):
         from ..files import atomic_write_text
@@ -152,7 +152,8 @@ def _calibrate(det, args, train_images) -> None:
 
 def _drop_checkpoints(folder: Path) -> None:
     """A finished run keeps no resumable state (sample grids and snapshots stay), and no empty folders."""
-    for f in folder.rglob("last.safetensors"):
+    from ..training import CHECKPOINT_FILE
+    for f in folder.rglob(CHECKPOINT_FILE):
         f.unlink()
     for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [folder]:
         if d.is_dir() and not any(d.iterdir()):

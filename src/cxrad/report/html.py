@@ -99,8 +99,7 @@ def render(det, result: dict, tables: dict, figures: dict, notes: list[str], n_e
     lo, hi = result["auroc_ci"]
     title = title or f"cxrad report: {det.kind} detector"
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    params = ", ".join(f"{k}={v!r}" for k, v in det.get_params().items()
-                       if k not in ("device", "progress", "checkpoint_dir", "cache_dir"))
+    params = ", ".join(f"{k}={v!r}" for k, v in det.learned_params().items())
     cards = "".join([
         _card(f"{result['auroc']:.3f}", f"AUROC (95% CI {lo:.3f}-{hi:.3f})"),
         _card(f"{result['auprc']:.3f}", "AUPRC"),

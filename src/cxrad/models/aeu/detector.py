@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ...detector import TrainedDetector
-from ...training import fit_epochs, load_module, loss_step, map_batches, resolve_device, wrap_ddp
+from ...training import fit_epochs, load_module, loss_step, map_batches
 from ..augment import jitter, normalise
 from .model import AEU
 
@@ -52,10 +52,7 @@ class AEUDetector(TrainedDetector):
 
     def fit_arrays(self, train: np.ndarray, val: np.ndarray) -> None:
         cfg = self.train_config(train, val, "AE-U epochs", optimizer="adam", betas=(0.5, 0.999))
-        device = resolve_device(self.device)
-        torch.manual_seed(self.seed)
-        model = (self.model_ if self.warm_start and self.is_fitted_network() else self.network()).to(device)
-        net = wrap_ddp(model, device)
+        model, net, device = self.start_network(self.network)
         opt = cfg.make_optimizer(model.parameters())
         step = loss_step(net, lambda m, x, target: heteroscedastic(*m(x), target), opt,
                          corrupt=lambda x, gen: (jitter(x, gen),) * 2 if self.augment else (x, x))

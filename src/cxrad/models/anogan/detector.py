@@ -46,6 +46,7 @@ class _GANDetector(TrainedDetector):
     """
 
     components: ClassVar[tuple[str, ...]] = ("residual", "discrimination")
+    supports_warm_start: ClassVar[bool] = False  # the GAN is trained from scratch (or resumed from its checkpoint)
 
     image_size: int = 64
     epochs: int = 100
@@ -70,6 +71,8 @@ class _GANDetector(TrainedDetector):
     # ------------------------------------------------------------------------------------ GAN training
     def train_gan(self, train: np.ndarray) -> None:
         """Non-saturating DCGAN training on normal images; resumes from ``checkpoint_dir/gan``."""
+        if self.warm_start:
+            raise ValueError(f"{self.kind} cannot start from saved weights (warm_start); train it afresh")
         device = resolve_device(self.device)
         torch.manual_seed(self.seed)
         G, D = Generator(self.image_size, self.z_dim, self.width).to(device), \

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ...detector import TrainedDetector
-from ...training import fit_epochs, load_module, loss_step, map_batches, resolve_device, wrap_ddp
+from ...training import fit_epochs, load_module, loss_step, map_batches
 from .model import CAE, keras_parameter_count
 
 SCORE_MODES = ("either", "recon", "density")
@@ -91,10 +91,7 @@ class CAEDetector(TrainedDetector):
     # ------------------------------------------------------------------------------------------ train
     def fit_arrays(self, train: np.ndarray, val: np.ndarray) -> None:
         cfg = self.train_config(train, val, "CAE epochs", optimizer="adam")
-        device = resolve_device(self.device)
-        torch.manual_seed(self.seed)
-        model = (self.model_ if self.warm_start and self.is_fitted_network() else self.network()).to(device)
-        net = wrap_ddp(model, device)
+        model, net, device = self.start_network(self.network)
         opt = cfg.make_optimizer(model.parameters())
 
         def grey_to_channels(x, gen=None):

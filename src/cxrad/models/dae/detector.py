@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ...detector import TrainedDetector
-from ...training import fit_epochs, load_module, loss_step, map_batches, resolve_device, wrap_ddp
+from ...training import fit_epochs, load_module, loss_step, map_batches
 from ..augment import jitter, normalise
 from .model import UNet
 
@@ -99,10 +99,7 @@ class DAEDetector(TrainedDetector):
 
     def fit_arrays(self, train: np.ndarray, val: np.ndarray) -> None:
         cfg = self.train_config(train, val, "DAE epochs", optimizer="adamw", weight_decay=1e-5, schedule="cosine")
-        device = resolve_device(self.device)
-        torch.manual_seed(self.seed)
-        model = (self.model_ if self.warm_start and self.is_fitted_network() else self.network()).to(device)
-        net = wrap_ddp(model, device)
+        model, net, device = self.start_network(self.network)
         opt = cfg.make_optimizer(model.parameters())
 
         def corrupt(x, gen):
@@ -145,16 +142,8 @@ class DAEDetector(TrainedDetector):
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         return np.clip(self._forward(images, pictures=True)["recon"], 0, 1)
 
-    def encoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The encoder's feature maps of a normalised batch, finest first."""
-        feats = []
-        for i, block in enumerate(self.model_.down):
-            x = block(x if i == 0 else self.model_.pool(x))
-            feats.append(x)
-        return feats
-
     def features(self, images: np.ndarray) -> np.ndarray:
-        return map_batches(lambda x: {"f": self.encoder_features(x)[-1].mean((2, 3))}, normalise(images), 64, 1,
+        return map_batches(lambda x: {"f": self.model_.encode(x)[-1].mean((2, 3))}, normalise(images), 64, 1,
                            next(self.model_.parameters()).device)["f"]
 
     def weights(self) -> dict[str, torch.Tensor]:

@@ -25,11 +25,17 @@ class UNet(nn.Module):
         self.merge = nn.ModuleList(_block(2 * widths[i - 1], widths[i - 1]) for i in range(depth - 1, 0, -1))
         self.out = nn.Conv2d(widths[0], 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's feature maps, finest first (the last is the bottleneck)."""
+        maps = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else self.pool(x))
-            skips.append(x)
+            maps.append(x)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = self.encode(x)
+        x = skips[-1]
         for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1])):
             x = merge(torch.cat([up(x), skip], dim=1))
         return self.out(x)

@@ -51,8 +51,12 @@ class FusionDetector(Detector):
         unused = set(self.member_params or {}) - set(self.members)
         if unused:
             raise ValueError(f"member_params names {sorted(unused)}, which are not members {list(self.members)}")
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """One per member: its kind, numbered when a kind appears twice."""
         kinds = [str(k) for k in self.members]
-        self.components = tuple(k if kinds.count(k) == 1 else f"{k}_{i}" for i, k in enumerate(kinds))
+        return tuple(k if kinds.count(k) == 1 else f"{k}_{i}" for i, k in enumerate(kinds))
 
     def _build_members(self) -> list[Detector]:
         """Unfitted members: the fusion's runtime settings and seed, then each kind's ``member_params``."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ...detector import TrainedDetector
-from ...training import fit_epochs, load_module, loss_step, map_batches, resolve_device, wrap_ddp
+from ...training import fit_epochs, load_module, loss_step, map_batches
 from ..augment import jitter, normalise
 from ..dae.model import UNet
 
@@ -85,10 +85,7 @@ class OpacityDetector(TrainedDetector):
     def fit_arrays(self, train: np.ndarray, val: np.ndarray) -> None:
         cfg = self.train_config(train, val, "opacity epochs", optimizer="adamw", weight_decay=1e-5,
                                 schedule="cosine")
-        device = resolve_device(self.device)
-        torch.manual_seed(self.seed)
-        model = (self.model_ if self.warm_start and self.is_fitted_network() else self.network()).to(device)
-        net = wrap_ddp(model, device)
+        model, net, device = self.start_network(self.network)
         opt = cfg.make_optimizer(model.parameters())
 
         def corrupt(x, gen):
@@ -126,11 +123,8 @@ class OpacityDetector(TrainedDetector):
         return self._forward(images, pictures=True)["map"]
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        def fn(x):
-            for i, block in enumerate(self.model_.down):
-                x = block(x if i == 0 else self.model_.pool(x))
-            return {"f": x.mean((2, 3))}
-        return map_batches(fn, normalise(images), 64, 1, next(self.model_.parameters()).device)["f"]
+        return map_batches(lambda x: {"f": self.model_.encode(x)[-1].mean((2, 3))}, normalise(images), 64, 1,
+                           next(self.model_.parameters()).device)["f"]
 
     def weights(self) -> dict[str, torch.Tensor]:
         return dict(self.model_.state_dict())

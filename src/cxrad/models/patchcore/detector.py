@@ -101,7 +101,10 @@ class PatchCoreDetector(TrainedDetector):
         self.history_ = {**getattr(self, "history_", {}), "memory_bank": [int(getattr(self, "bank_", feats).shape[0])]}
 
     def _backbone(self, train: np.ndarray, val: np.ndarray) -> UNet:
-        """The encoder: a DAE bundle's as it is, or a DAE trained here on the same normals."""
+        """The encoder: this detector's own when warm-starting (only the patch model is refitted: a new site's
+        normals in seconds), a DAE bundle's as it is, or a DAE trained here on the same normals."""
+        if self.warm_start and hasattr(self, "encoder_"):
+            return self.encoder_
         if self.backbone is not None:
             dae = DAEDetector.load(self.backbone, device=self.device)
             mismatch = {k: getattr(dae, k) for k in ("image_size", "width", "depth") if getattr(dae, k) != getattr(self, k)}
@@ -124,10 +127,7 @@ class PatchCoreDetector(TrainedDetector):
         """(N, P, D) patch features: the chosen encoder levels, each averaged over a 3x3 neighbourhood (as
         PatchCore aggregates), resized to the coarsest level's grid and concatenated."""
         def fn(x):
-            maps, out = [], []
-            for i, block in enumerate(self.encoder_.down):
-                x = block(x if i == 0 else self.encoder_.pool(x))
-                maps.append(x)
+            maps, out = self.encoder_.encode(x), []
             chosen = [maps[i] for i in self.levels]
             side = chosen[-1].shape[-1]
             for f in chosen:
