@@ -9,7 +9,8 @@ Montgomery, adult TB screening; its training normals are ~190 films of held-out-
 
     python benchmarks/finetune.py --init src/cxrad/pretrained/dae-cxr-64 --epochs 60 --seeds 0 1 2
 
-Writes benchmarks/results/finetune.md (and finetune.jsonl with every run).
+Writes benchmarks/results/finetune.md and finetune.jsonl (every run, appended as it ends; runs already
+in it are skipped, so a killed benchmark resumes).
 """
 from __future__ import annotations
 
@@ -46,8 +47,25 @@ def main() -> None:
     base = load_detector(args.init, device="cpu")
     train = load_images(proto.train, base.prep, cache_dir=args.cache_dir)
     test = load_images(proto.test, base.prep, cache_dir=args.cache_dir)
-    runs = [{"variant": "as shipped", "seed": None, "auroc": auroc(base, test), "fit_s": 0.0}]
-    print(runs[-1], flush=True)
+    out = Path(args.out)
+    log = out / "finetune.jsonl"
+    runs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    runs = [r for r in runs if r["init"] == args.init and r["epochs"] == args.epochs]
+
+    def record(variant: str, seed, fit) -> None:
+        # each finished run is appended at once, so a killed benchmark only redoes the run it was in
+        if any(r["variant"] == variant and r["seed"] == seed for r in runs):
+            return
+        t0 = time.time()
+        det = fit()
+        row = {"variant": variant, "seed": seed, "auroc": auroc(det, test), "fit_s": time.time() - t0,
+               "init": args.init, "epochs": args.epochs, "threads": torch.get_num_threads()}
+        runs.append(row)
+        with open(log, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(row, flush=True)
+
+    record("as shipped", None, lambda: base)
     for seed in args.seeds:
         variants = {
             "fine-tuned": lambda: load_detector(args.init, device="cpu").set_params(
@@ -59,22 +77,15 @@ def main() -> None:
                 device="cpu"),
         }
         for name, make in variants.items():
-            det = make()
-            t0 = time.time()
-            det.fit(train)
-            runs.append({"variant": name, "seed": seed, "auroc": auroc(det, test), "fit_s": time.time() - t0})
-            print(runs[-1], flush=True)
-    out = Path(args.out)
-    with open(out / "finetune.jsonl", "w") as fh:
-        for r in runs:
-            fh.write(json.dumps({**r, "init": args.init, "epochs": args.epochs}) + "\n")
+            record(name, seed, lambda: make().fit(train))
+    runs = [r for r in runs if r["seed"] is None or r["seed"] in args.seeds]
     n_train = len(train) - round(len(train) * base.val_fraction)
     lines = ["# Fine-tuning on a site's normals (tb protocol)", "",
              f"Starting model `{args.init}`; {len(train)} tb training normals (about {n_train} trained on, the "
              f"rest held out for the threshold), test {int((test.labels == 0).sum())} normal + "
              f"{int((test.labels == 1).sum())} TB films. Fine-tuning and training from scratch both run "
              f"{args.epochs} epochs ({args.epochs * n_train:,} samples). Image AUROC, mean ± sd over seeds "
-             f"{args.seeds}. Machine: CPU ({platform.machine()}, {torch.get_num_threads()} threads).", "",
+             f"{args.seeds}. Machine: CPU ({platform.machine()}); each run's torch threads are in finetune.jsonl.", "",
              f"Command: `python benchmarks/finetune.py --init {args.init} --epochs {args.epochs} --seeds "
              f"{' '.join(map(str, args.seeds))}`", "",
              "| variant | AUROC | per seed | fit time (s) |", "|---|---|---|---|"]
