@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrad.data import as_imageset
+from cxrad.data import as_imageset, hold_out_normals
 from cxrad.errors import BundleError
 from cxrad.models import load_detector
 from cxrad.cli import main
@@ -129,3 +129,20 @@ def test_dashboard_scores_uploads_with_a_fusion_model(fused, shared_data):
     assert np.isfinite(good.score) and good.heatmap is not None and good.reconstruction is not None
     assert good.heatmap.shape[:2] == good.image.shape[:2]
     assert bad.error and bad.score is None
+
+
+
+def test_fit_scores_the_held_out_normals_once_per_member(images, monkeypatch):
+    calls = []
+    for member in FusionDetector(member_params=SMALL_MEMBERS)._build_members():
+        cls, original = type(member), type(member).score_components
+        monkeypatch.setattr(cls, "score_components",
+                            lambda self, x, _orig=original: calls.append((self.kind, len(x))) or _orig(self, x))
+    det = FusionDetector(member_params=SMALL_MEMBERS, image_size=64, seed=0, device="cpu", batch_size=16)
+    det.fit(images[0])
+    assert sorted(calls) == [("dae", det.n_val_), ("regional", det.n_val_)]
+    # the kept scores are those a fresh scoring of the same held-out normals gives
+    _, val = hold_out_normals(images[0].subset(images[0].labels == 0), det.val_fraction, det.seed)
+    again = det.score_arrays(np.asarray(val.images))["score"]
+    np.testing.assert_allclose(np.sort(again), det.normal_scores_, rtol=1e-6)
+    assert len(calls) == 4  # the second scoring did not reuse anything

@@ -1,6 +1,7 @@
 """Score fusion of several detectors (method and differences: README.md beside this file)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -11,6 +12,11 @@ from ...data import ImageSet, as_imageset
 from ...detector import Detector, detector_class, finite_scores
 
 RULES = ("mean", "max")
+
+
+def _digest(images: np.ndarray) -> str:
+    arr = np.ascontiguousarray(images)
+    return f"{arr.shape}{arr.dtype}" + hashlib.blake2b(arr.data, digest_size=16).hexdigest()
 _IQR_TO_SD = 1.349  # the IQR of a standard normal distribution
 
 
@@ -81,16 +87,24 @@ class FusionDetector(Detector):
     # --------------------------------------------------------------------------------------------- fit
     def fit_arrays(self, train: np.ndarray, val: np.ndarray) -> None:
         self.members_ = self._build_members()
-        for m in self.members_:
+        val_scores = {}
+        for name, m in zip(self.components, self.members_):
             m.fit_arrays(self._at_size(m, train), self._at_size(m, val))
             # members with their own score calibration (the CAE's OR rule) learn it on the same normals
-            m.calibrate_components(m.score_components(self._at_size(m, val)))
+            raw = m.score_components(self._at_size(m, val))
+            m.calibrate_components(raw)
+            val_scores[name] = np.asarray(m.combine(raw)["score"], np.float64)
+        # fit() scores the same held-out normals next; keep these so no member scores them twice
+        self._fitted_val = (_digest(val), val_scores)
         # the members' loss curves (a statistics member's one-off summaries would flatten the plot)
         self.history_ = {f"{name}.{k}": v for name, m in zip(self.components, self.members_)
                          for k, v in getattr(m, "history_", {}).items() if "loss" in k}
 
     def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Each member's own score, on the input resized to the member's size."""
+        kept = self.__dict__.pop("_fitted_val", None)
+        if kept is not None and kept[0] == _digest(images):
+            return kept[1]
         return {name: np.asarray(m.score_arrays(self._at_size(m, images))["score"], np.float64)
                 for name, m in zip(self.components, self.members_)}
 
