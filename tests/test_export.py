@@ -15,9 +15,10 @@ from cxrad.cli.common import EXIT_FATAL, EXIT_OK  # noqa: E402
 from cxrad.data import load_images  # noqa: E402
 from cxrad.errors import ExportError  # noqa: E402
 from cxrad.export import OnnxScorer, export_onnx, read_sidecar  # noqa: E402
-from cxrad.models import AnoGANDetector  # noqa: E402
+from cxrad.models import AnoGANDetector, PatchCoreDetector  # noqa: E402
+from tiny_models import TINY_SETTINGS  # noqa: E402
 
-EXPORTABLE = ["dae", "aeu", "cae", "fanogan", "regional", "fusion"]
+EXPORTABLE = ["dae", "aeu", "cae", "fanogan", "regional", "fusion", "opacity", "patchcore"]
 
 
 @pytest.mark.slow
@@ -36,6 +37,24 @@ def test_onnxruntime_scores_equal_pytorch_scores(kind, tmp_path, tiny_model, sam
     doc, _ = read_sidecar(onnx_path)
     assert doc["kind"] == kind and doc["threshold"] == det.threshold_
     assert (OnnxScorer(onnx_path).predict(images) == (expected["score"] > det.threshold_)).all()
+
+
+@pytest.mark.slow
+def test_patchcore_gaussian_export_equals_pytorch(tmp_path, tiny_model, sample_manifest, sample_test_files):
+    knn, bundle = tiny_model("patchcore")
+    # the same encoder with a per-position Gaussian instead of the memory bank
+    det = PatchCoreDetector(**{**TINY_SETTINGS["patchcore"], "method": "gaussian", "backbone": None}, seed=0,
+                            device="cpu").set_params(warm_start=True)
+    det.encoder_ = knn.encoder_
+    normals = sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)]
+    det.fit(load_images(normals.head(40), det.prep))
+    assert det.encoder_ is knn.encoder_ and det.precision_.ndim == 3
+    export_onnx(det, tmp_path / "g")
+    images = np.asarray(load_images(sample_test_files, det.prep).images)
+    expected, got = det.score_arrays(images), OnnxScorer(tmp_path / "g", threads=1).score_arrays(images)
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+    assert np.std(expected["score"]) > 0
 
 
 @pytest.mark.slow

@@ -51,7 +51,11 @@ def _torch_modules():
     import torch
     from torch import nn
 
-    from .models.dae.detector import median_filter
+    from .models.aeu.detector import weighted_errors
+    from .models.anogan.detector import izif_terms
+    from .models.dae.detector import median_filter, residual_scores
+    from .models.opacity.detector import map_scores
+    from .models.patchcore.detector import gaussian_patch_scores, image_scores, knn_patch_scores, patch_features
     from .models.regional.model import STATISTICS
 
     def normalise(images):
@@ -78,14 +82,10 @@ def _torch_modules():
         def __init__(self, det):
             super().__init__()
             self.net = det.model_
-            self.lo, self.hi = int(0.1 * det.image_size), int(0.9 * det.image_size)
 
         def forward(self, images):
             x = normalise(images)[:, None]
-            res = median_filter((x - self.net(x)).abs())
-            box = res[:, :, self.lo:self.hi, self.lo:self.hi].flatten(1)
-            mean = box.mean(1)
-            top = box.topk(max(1, box.shape[1] // 20), dim=1).values.mean(1)
+            mean, top = residual_scores(median_filter((x - self.net(x)).abs()))
             return mean, top, mean.clone()
 
     class AEUGraph(nn.Module):
@@ -97,9 +97,8 @@ def _torch_modules():
 
         def forward(self, images):
             x = normalise(images)[:, None]
-            mu, logvar = self.net(x)
-            sq = (x - mu) ** 2
-            weighted = (torch.exp(-logvar) * sq).mean((1, 2, 3))
+            sq, weighted = weighted_errors(x, *self.net(x))
+            weighted = weighted.mean((1, 2, 3))
             return sq.mean((1, 2, 3)), weighted, weighted.clone()
 
     class FAnoGANGraph(nn.Module):
@@ -112,10 +111,7 @@ def _torch_modules():
 
         def forward(self, images):
             x = (images.float() / 255.0)[:, None] * 2 - 1
-            gz = self.G(self.E(x))
-            residual = ((x - gz) / 2).pow(2).flatten(1).mean(1)
-            discrimination = (self.D.features(x) - self.D.features(gz)).pow(2).mean(1)
-            return residual, discrimination, residual + self.kappa * discrimination
+            return izif_terms(x, self.G(self.E(x)), self.D, self.kappa)
 
     class CAEGraph(nn.Module):
         names = ("recon_error", "latent")  # the KDE of the latent vector is applied by OnnxScorer
@@ -148,6 +144,40 @@ def _torch_modules():
             per_stat = z2.flatten(2).unflatten(1, (self.scales, len(STATISTICS))).mean(dim=(1, 3))
             return maha, per_stat[:, 0] ** 0.5, per_stat[:, 1:].mean(1) ** 0.5, maha.clone()
 
+    class OpacityGraph(nn.Module):
+        names = ("mean_map", "top_map", "score")
+
+        def __init__(self, det):
+            super().__init__()
+            self.net, self.top_fraction = det.model_, float(det.top_fraction)
+
+        def forward(self, images):
+            mean, top = map_scores(torch.sigmoid(self.net(normalise(images)[:, None])), self.top_fraction)
+            return mean, top, top.clone()
+
+    class PatchCoreGraph(nn.Module):
+        names = ("max_patch", "top_patches", "score")
+
+        def __init__(self, det):
+            super().__init__()
+            self.encoder, self.levels = det.encoder_, tuple(int(v) for v in det.levels)
+            self.method, self.top_fraction = det.method, float(det.top_fraction)
+            if self.method == "gaussian":
+                self.register_buffer("mean", torch.as_tensor(det.mean_))
+                self.register_buffer("precision", torch.as_tensor(det.precision_))
+            else:
+                self.register_buffer("bank", torch.as_tensor(det.bank_))
+
+        def forward(self, images):
+            feats = patch_features(self.encoder, normalise(images)[:, None], self.levels)
+            if self.method == "gaussian":
+                patch = gaussian_patch_scores(feats, self.mean, self.precision)
+            else:
+                patch = knn_patch_scores(feats, self.bank)
+            side = int(round(feats.shape[1] ** 0.5))
+            worst, top = image_scores(patch.reshape(-1, side, side), self.top_fraction)
+            return worst, top, top.clone()
+
     class FusionGraph(nn.Module):
         """Members' graphs on their own input (one per input size), scores standardised and combined."""
 
@@ -168,7 +198,8 @@ def _torch_modules():
             score = z.mean(1) if self.rule == "mean" else z.max(1).values
             return (*z.unbind(1), score)
 
-    graphs = {"dae": DAEGraph, "aeu": AEUGraph, "fanogan": FAnoGANGraph, "cae": CAEGraph, "regional": RegionalGraph}
+    graphs = {"dae": DAEGraph, "aeu": AEUGraph, "fanogan": FAnoGANGraph, "cae": CAEGraph, "regional": RegionalGraph,
+              "opacity": OpacityGraph, "patchcore": PatchCoreGraph}
 
     def graph_for(det, top: bool = False):
         if det.kind == "anogan":

@@ -18,6 +18,13 @@ def heteroscedastic(mu: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor) -> 
     return (torch.exp(-logvar) * (x - mu) ** 2 + logvar).flatten(1).mean(1)
 
 
+def weighted_errors(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel squared error and the same divided by the predicted variance; the detector and its ONNX graph
+    both score with this."""
+    sq = (x - mu) ** 2
+    return sq, torch.exp(-logvar) * sq
+
+
 @dataclass(repr=False, eq=False)
 class AEUDetector(TrainedDetector):
     """An autoencoder that predicts a mean and a log-variance per pixel; the score is the uncertainty-weighted
@@ -66,8 +73,7 @@ class AEUDetector(TrainedDetector):
     def _forward(self, images: np.ndarray, pictures: bool = False) -> dict[str, np.ndarray]:
         def fn(x):
             mu, logvar = self.model_(x)
-            sq = (x - mu) ** 2
-            weighted = torch.exp(-logvar) * sq
+            sq, weighted = weighted_errors(x, mu, logvar)
             out = {"mse": sq.mean((1, 2, 3)), "weighted": weighted.mean((1, 2, 3))}
             if pictures:
                 out.update({"map": weighted[:, 0], "recon": (mu[:, 0] + 1) / 2})

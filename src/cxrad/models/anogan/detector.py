@@ -27,6 +27,15 @@ def _signed(x01: torch.Tensor) -> torch.Tensor:
     return x01 * 2 - 1
 
 
+def izif_terms(x: torch.Tensor, gz: torch.Tensor, D: Discriminator, kappa: float) -> tuple[torch.Tensor, ...]:
+    """f-AnoGAN's per-image terms for images x and their reconstructions G(E(x)), both in [-1, 1]: mean squared
+    pixel residual (grey levels in [0, 1]), feature residual, and their sum weighted by kappa; the detector and
+    its ONNX graph both score with this."""
+    residual = ((x - gz) / 2).pow(2).flatten(1).mean(1)
+    discrimination = (D.features(x) - D.features(gz)).pow(2).mean(1)
+    return residual, discrimination, residual + kappa * discrimination
+
+
 @dataclass(repr=False, eq=False)
 class _GANDetector(TrainedDetector):
     """What AnoGAN and f-AnoGAN share: the DCGAN, its training, persistence and the feature layer.
@@ -327,11 +336,9 @@ class FAnoGANDetector(_GANDetector):
     def _izif(self, x: torch.Tensor, E: Encoder) -> dict[str, torch.Tensor]:
         """Per-image f-AnoGAN terms: mean squared pixel residual (grey levels in [0, 1]) and feature residual."""
         gz = self.generator_(E(x))
-        D = self.discriminator_
-        residual = ((x - gz) / 2).pow(2).flatten(1).mean(1)
-        discrimination = (D.features(x) - D.features(gz)).pow(2).mean(1)
-        return {"residual": residual, "discrimination": discrimination,
-                "score": residual + self.kappa * discrimination, "recon": (gz[:, 0] + 1) / 2}
+        residual, discrimination, score = izif_terms(x, gz, self.discriminator_, self.kappa)
+        return {"residual": residual, "discrimination": discrimination, "score": score,
+                "recon": (gz[:, 0] + 1) / 2}
 
     def _forward(self, images: np.ndarray) -> dict[str, np.ndarray]:
         return map_batches(lambda x: self._izif(_signed(x), self.encoder_), images, self.batch_size, 1,

@@ -24,6 +24,14 @@ def coarse_noise(shape, grid: int, std: float, generator: torch.Generator, devic
     return torch.roll(noise, shifts=(dy, dx), dims=(2, 3)).to(device)
 
 
+def residual_scores(res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, mean of the top 5 %) of a filtered residual map (N, 1, S, S) inside the central box (10-90 % of
+    the side); the detector and its ONNX graph both score with this."""
+    s = res.shape[-1]
+    box = res[:, :, int(0.1 * s):int(0.9 * s), int(0.1 * s):int(0.9 * s)].flatten(1)
+    return box.mean(1), box.topk(max(1, box.shape[1] // 20), dim=1).values.mean(1)
+
+
 @functools.lru_cache(maxsize=8)
 def median_network(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
     """Compare-exchange steps (a, b, keep_min, keep_max) that leave the median of ``n`` (odd) wires on wire
@@ -118,17 +126,11 @@ class DAEDetector(TrainedDetector):
         self.record(result)
 
     def _forward(self, images: np.ndarray, pictures: bool = False) -> dict[str, np.ndarray]:
-        s = self.image_size
-        lo, hi = int(0.1 * s), int(0.9 * s)
-
         def fn(x):
             recon = self.model_(x)
             res = median_filter((x - recon).abs())
-            box = res[:, :, lo:hi, lo:hi].flatten(1)
-            out = {"box": box.mean(1), "top": box.topk(max(1, box.shape[1] // 20), dim=1).values.mean(1)}
-            if pictures:
-                out.update({"map": res[:, 0], "recon": (recon[:, 0] + 1) / 2})
-            return out
+            mean, top = residual_scores(res)
+            return {"box": mean, "top": top, **({"map": res[:, 0], "recon": (recon[:, 0] + 1) / 2} if pictures else {})}
         return map_batches(fn, normalise(images), 64, 1, next(self.model_.parameters()).device)
 
     def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -18,6 +18,16 @@ LUNG_BOX = (0.2, 0.8, 0.12, 0.88)  # rows from, to; columns from, to
 SCORE_BOX = (0.1, 0.9)
 
 
+def map_scores(prob: torch.Tensor, top_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, mean of the top share) of the opacity probabilities (N, 1, S, S) inside the score box; the
+    detector and its ONNX graph both score with this."""
+    s = prob.shape[-1]
+    lo, hi = int(SCORE_BOX[0] * s), int(SCORE_BOX[1] * s)
+    box = prob[:, :, lo:hi, lo:hi].flatten(1)
+    k = max(1, int(box.shape[1] * top_fraction))
+    return box.mean(1), box.topk(k, dim=1).values.mean(1)
+
+
 def synthesise(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste a soft-edged patch of another image of the batch (foreign-patch interpolation, FPI) into the lung
     field of about ``p`` of the images, brightened and blurred like an opacity; returns (images, target) where
@@ -101,17 +111,10 @@ class OpacityDetector(TrainedDetector):
         self.record(result)
 
     def _forward(self, images: np.ndarray, pictures: bool = False) -> dict[str, np.ndarray]:
-        s = self.image_size
-        lo, hi = int(SCORE_BOX[0] * s), int(SCORE_BOX[1] * s)
-
         def fn(x):
             prob = torch.sigmoid(self.model_(x))
-            box = prob[:, :, lo:hi, lo:hi].flatten(1)
-            k = max(1, int(box.shape[1] * self.top_fraction))
-            out = {"mean": box.mean(1), "top": box.topk(k, dim=1).values.mean(1)}
-            if pictures:
-                out["map"] = prob[:, 0]
-            return out
+            mean, top = map_scores(prob, self.top_fraction)
+            return {"mean": mean, "top": top, **({"map": prob[:, 0]} if pictures else {})}
         return map_batches(fn, normalise(images), 64, 1, next(self.model_.parameters()).device)
 
     def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -19,6 +19,38 @@ METHODS = ("knn", "gaussian")
 SCORE_BOX = (0.1, 0.9)
 
 
+# The scoring steps, in torch: the detector and its ONNX graph both score with these.
+def patch_features(encoder: UNet, x: torch.Tensor, levels) -> torch.Tensor:
+    """(N, P, D) patch features: the chosen encoder levels, each averaged over a 3x3 neighbourhood (as
+    PatchCore aggregates), resized to the coarsest level's grid and concatenated."""
+    maps = encoder.encode(x)
+    chosen = [maps[i] for i in levels]
+    side = chosen[-1].shape[-1]
+    out = [F.adaptive_avg_pool2d(F.avg_pool2d(f, 3, stride=1, padding=1, count_include_pad=False), side)
+           for f in chosen]
+    return torch.cat(out, 1).flatten(2).transpose(1, 2)
+
+
+def knn_patch_scores(feats: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """(N, P) distance of each patch to its nearest memory-bank patch."""
+    return torch.cdist(feats, bank[None]).min(2).values
+
+
+def gaussian_patch_scores(feats: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """(N, P) squared Mahalanobis distance of each patch to its position's Gaussian."""
+    diff = feats - mean[None]
+    return torch.einsum("npd,pde,npe->np", diff, precision, diff)
+
+
+def image_scores(patch: torch.Tensor, top_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max, mean of the top share) of the patch scores (N, side, side) inside the score box."""
+    side = patch.shape[-1]
+    lo, hi = int(SCORE_BOX[0] * side), max(int(SCORE_BOX[0] * side) + 1, int(round(SCORE_BOX[1] * side)))
+    box = patch[:, lo:hi, lo:hi].flatten(1)
+    k = max(1, int(box.shape[1] * top_fraction))
+    return box.max(1).values, box.topk(k, dim=1).values.mean(1)
+
+
 def greedy_coreset(features: torch.Tensor, n: int, seed: int, projection: int = 32) -> torch.Tensor:
     """Indices of ``n`` points chosen by greedy k-center selection (each next point the farthest from those
     chosen), on a random projection of the features, as PatchCore selects its memory bank."""
@@ -124,41 +156,26 @@ class PatchCoreDetector(TrainedDetector):
 
     # ---------------------------------------------------------------------------------------- features
     def _patches(self, images: np.ndarray) -> np.ndarray:
-        """(N, P, D) patch features: the chosen encoder levels, each averaged over a 3x3 neighbourhood (as
-        PatchCore aggregates), resized to the coarsest level's grid and concatenated."""
-        def fn(x):
-            maps, out = self.encoder_.encode(x), []
-            chosen = [maps[i] for i in self.levels]
-            side = chosen[-1].shape[-1]
-            for f in chosen:
-                f = F.avg_pool2d(f, 3, stride=1, padding=1, count_include_pad=False)
-                out.append(F.adaptive_avg_pool2d(f, side))
-            feats = torch.cat(out, 1)
-            return {"f": feats.flatten(2).transpose(1, 2)}
-        return map_batches(fn, normalise(images), 64, 1, next(self.encoder_.parameters()).device)["f"]
+        """(N, P, D) patch features (``patch_features``)."""
+        return map_batches(lambda x: {"f": patch_features(self.encoder_, x, self.levels)}, normalise(images), 64,
+                           1, next(self.encoder_.parameters()).device)["f"]
 
     def _patch_scores(self, images: np.ndarray) -> np.ndarray:
         """(N, side, side) anomaly score of every patch."""
-        feats = self._patches(images)
-        n, p, d = feats.shape
+        feats = torch.from_numpy(self._patches(images))
+        n, p, _ = feats.shape
         if self.method == "gaussian":
-            diff = feats - self.mean_[None]
-            scores = np.einsum("npd,pde,npe->np", diff, self.precision_, diff)
+            scores = gaussian_patch_scores(feats, torch.from_numpy(self.mean_), torch.from_numpy(self.precision_))
         else:
             bank = torch.from_numpy(self.bank_)
-            scores = np.concatenate([torch.cdist(torch.from_numpy(f), bank).min(1).values.numpy()[None]
-                                     for f in feats])
+            scores = torch.cat([knn_patch_scores(f[None], bank) for f in feats])  # one image at a time: memory
         side = int(round(p ** 0.5))
-        return scores.reshape(n, side, side)
+        return scores.reshape(n, side, side).numpy()
 
     def score_components(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        patch = self._patch_scores(images)
-        side = patch.shape[-1]
-        lo, hi = int(SCORE_BOX[0] * side), max(int(SCORE_BOX[0] * side) + 1, int(round(SCORE_BOX[1] * side)))
-        box = patch[:, lo:hi, lo:hi].reshape(len(patch), -1)
-        k = max(1, int(box.shape[1] * self.top_fraction))
-        top = np.sort(box, axis=1)[:, -k:].mean(1).astype(np.float64)
-        return {"max_patch": box.max(1).astype(np.float64), "top_patches": top, "score": top}
+        worst, top = image_scores(torch.from_numpy(self._patch_scores(images)), self.top_fraction)
+        top = top.numpy().astype(np.float64)
+        return {"max_patch": worst.numpy().astype(np.float64), "top_patches": top, "score": top}
 
     def anomaly_map(self, images: np.ndarray) -> np.ndarray:
         patch = torch.from_numpy(self._patch_scores(images).astype(np.float32))[:, None]
