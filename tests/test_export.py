@@ -37,6 +37,10 @@ def test_onnxruntime_scores_equal_pytorch_scores(kind, tmp_path, tiny_model, sam
     doc, _ = read_sidecar(onnx_path)
     assert doc["kind"] == kind and doc["threshold"] == det.threshold_
     assert (OnnxScorer(onnx_path).predict(images) == (expected["score"] > det.threshold_)).all()
+    if kind == "patchcore":  # its distance matrix grows with the batch: the sidecar caps it
+        patches = det._patches(images[:1]).shape[1]
+        assert 1 <= doc["max_batch"] <= 64
+        assert 4 * doc["max_batch"] * patches * len(det.bank_) <= 2 ** 28 or doc["max_batch"] == 1
 
 
 @pytest.mark.slow

@@ -237,6 +237,15 @@ def _inputs(det) -> list[dict]:
     return specs
 
 
+def _max_batch(det) -> int:
+    """Images per onnxruntime call: a PatchCore graph holds an (N, patches, bank) distance matrix, kept here
+    under about 256 MiB; other graphs take the scorer's batch."""
+    if det.kind != "patchcore" or det.method != "knn":
+        return 64
+    patches = det._patches(np.zeros((1, det.image_size, det.image_size), np.uint8)).shape[1]
+    return int(max(1, min(64, 2 ** 28 // (4 * patches * len(det.bank_)))))
+
+
 def _postprocess(det) -> dict | None:
     if det.kind != "cae":
         return None
@@ -306,7 +315,8 @@ def export_onnx(det, out, opset: int = DEFAULT_OPSET) -> tuple[Path, Path]:
            "lower_is_anomalous": list(det.lower_is_anomalous), "preprocessing": det.prep.to_dict(),
            "threshold": float(det.threshold_), "threshold_rule": det.threshold_rule_,
            "thresholds": {k: float(v) for k, v in det.thresholds_.items()},
-           "normal_scores": [float(v) for v in det.normal_scores_], "postprocess": _postprocess(det)}
+           "normal_scores": [float(v) for v in det.normal_scores_], "postprocess": _postprocess(det),
+           "max_batch": _max_batch(det)}
     atomic_write_text(sidecar, json.dumps(doc, indent=1))
     return onnx_path, sidecar
 
@@ -403,6 +413,7 @@ class OnnxScorer:
             raise ExportError(f"expected uint8 images of shape (N, {self.size}, {self.size}), got {images.dtype} "
                               f"{images.shape}")
         parts: dict[str, list] = {}
+        batch_size = max(1, min(batch_size, int(self.meta.get("max_batch", batch_size))))
         for i in range(0, len(images), batch_size):
             outs = self.session.run(None, self._feeds(np.ascontiguousarray(images[i:i + batch_size])))
             for name, value in zip(self.meta["outputs"], outs):

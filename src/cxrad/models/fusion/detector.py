@@ -12,12 +12,12 @@ from ...data import ImageSet, as_imageset
 from ...detector import Detector, detector_class, finite_scores
 
 RULES = ("mean", "max")
+_IQR_TO_SD = 1.349  # the IQR of a standard normal distribution
 
 
 def _digest(images: np.ndarray) -> str:
     arr = np.ascontiguousarray(images)
     return f"{arr.shape}{arr.dtype}" + hashlib.blake2b(arr.data, digest_size=16).hexdigest()
-_IQR_TO_SD = 1.349  # the IQR of a standard normal distribution
 
 
 @dataclass(repr=False, eq=False)
