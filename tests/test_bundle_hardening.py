@@ -12,20 +12,8 @@ import torch
 from cxrad import bundle
 from cxrad.bundle import read_bundle, read_meta, write_bundle
 from cxrad.errors import BundleError
+from hostile_files import finishes
 
-
-def _finishes(fn, *args, timeout: float = 10.0):
-    out = {}
-
-    def run():
-        try:
-            out["v"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - returned to the test
-            out["v"] = exc
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    return not t.is_alive(), out.get("v")
 
 
 def _write(path, value: float):
@@ -42,7 +30,7 @@ def test_special_files_in_a_bundle_are_refused_without_reading(tmp_path, what, k
         os.mkfifo(target)
     else:
         target.symlink_to("/dev/zero")
-    finished, result = _finishes(read_bundle, folder)
+    finished, result = finishes(read_bundle, folder)
     if not finished:
         with open(target, "wb"):
             pass
@@ -52,7 +40,7 @@ def test_special_files_in_a_bundle_are_refused_without_reading(tmp_path, what, k
 
 def test_a_model_json_path_to_dev_zero_is_refused(tmp_path):
     (tmp_path / "link.json").symlink_to("/dev/zero")
-    finished, result = _finishes(read_meta, tmp_path / "link.json")
+    finished, result = finishes(read_meta, tmp_path / "link.json")
     assert finished and isinstance(result, BundleError) and "not a regular file" in str(result)
 
 

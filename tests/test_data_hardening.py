@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -16,22 +15,10 @@ from cxrad import data as data_mod
 from cxrad.data import file_hash, from_csv, load_images
 from cxrad.errors import DataError
 from cxrad.io import Preprocessing
+from hostile_files import finishes, special_file
 
 PREP = Preprocessing(32)
 
-
-def _finishes(fn, *args, timeout: float = 20.0):
-    out = {}
-
-    def run():
-        try:
-            out["v"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - returned to the test
-            out["v"] = exc
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    return not t.is_alive(), out.get("v")
 
 
 @pytest.fixture
@@ -50,16 +37,11 @@ def test_file_hash_is_chunked_sha256_and_needs_no_file_digest(good, monkeypatch)
 @pytest.mark.parametrize("kind", ["dev_zero", "fifo", "symlink_to_dev_zero", "too_large"])
 def test_file_hash_checks_the_file_before_reading(tmp_path, kind):
     path = tmp_path / "x.png"
-    if kind == "dev_zero":
-        path = Path("/dev/zero")
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "symlink_to_dev_zero":
-        path.symlink_to("/dev/zero")
-    else:
+    path = special_file(path, kind) or path
+    if kind == "too_large":
         with open(path, "wb") as fh:
             fh.truncate(300 * 2**20)  # sparse: over MAX_FILE_BYTES, nothing on disk
-    finished, digest = _finishes(file_hash, str(path))
+    finished, digest = finishes(file_hash, str(path), timeout=20)
     if not finished and kind == "fifo":
         with open(path, "wb"):
             pass
@@ -73,7 +55,7 @@ def test_manifest_rows_pointing_at_devices_and_fifos_become_error_rows(tmp_path,
     rows = [str(good[0]), "/dev/zero", str(tmp_path / "pipe.png"), str(tmp_path / "zero.png"), str(good[1])]
     pd.DataFrame({"path": rows, "label": "normal"}).to_csv(tmp_path / "m.csv", index=False)
     manifest = from_csv(tmp_path / "m.csv")
-    finished, out = _finishes(load_images, manifest, PREP, str(tmp_path / "cache"))
+    finished, out = finishes(load_images, manifest, PREP, str(tmp_path / "cache"), timeout=20)
     assert finished, "load_images hung"
     assert len(out) == 2 and list(out.frame["path"]) == [str(good[0]), str(good[1])]
     reasons = dict(zip(out.errors["path"], out.errors["error"]))
@@ -83,7 +65,7 @@ def test_manifest_rows_pointing_at_devices_and_fifos_become_error_rows(tmp_path,
 
 def test_a_manifest_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "labels.csv")
-    finished, result = _finishes(from_csv, tmp_path / "labels.csv")
+    finished, result = finishes(from_csv, tmp_path / "labels.csv", timeout=20)
     if not finished:
         with open(tmp_path / "labels.csv", "wb"):
             pass

@@ -12,37 +12,19 @@ import pytest
 from cxrad import files
 from cxrad.files import UnsafeFileError, atomic_write_bytes, folder_lock, read_regular_file, \
     remove_stale_temporaries
+from hostile_files import finishes, special_file
 
-
-def _in_thread(fn, *args, timeout: float = 10.0):
-    """fn(*args) in a daemon thread: (finished, result or exception)."""
-    out = {}
-
-    def run():
-        try:
-            out["v"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - returned to the test
-            out["v"] = exc
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    return not t.is_alive(), out.get("v")
 
 
 @pytest.mark.parametrize("kind", ["dev_zero", "fifo", "symlink_to_dev_zero", "dir", "missing", "big"])
 def test_read_regular_file_refuses_what_is_not_a_small_regular_file(tmp_path, kind):
     path = tmp_path / "f.png"
-    if kind == "dev_zero":
-        path = Path("/dev/zero")
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "symlink_to_dev_zero":
-        path.symlink_to("/dev/zero")
-    elif kind == "dir":
+    path = special_file(path, kind) or path
+    if kind == "dir":
         path.mkdir()
     elif kind == "big":
         path.write_bytes(b"x" * 101)
-    finished, result = _in_thread(read_regular_file, path, 100)
+    finished, result = finishes(read_regular_file, path, 100)
     assert finished, "read_regular_file hung"
     assert isinstance(result, UnsafeFileError)
     expected = {"dev_zero": "not a regular file", "fifo": "not a regular file", "symlink_to_dev_zero":
@@ -56,7 +38,7 @@ def test_a_fifo_swapped_in_after_the_check_does_not_block(tmp_path, monkeypatch)
     fifo = tmp_path / "swapped.png"
     os.mkfifo(fifo)
     monkeypatch.setattr(files, "regular_file_size", lambda path, max_bytes: 0)  # the check saw a file
-    finished, result = _in_thread(read_regular_file, fifo, 100, timeout=5)
+    finished, result = finishes(read_regular_file, fifo, 100, timeout=5)
     if not finished:
         with open(fifo, "wb"):
             pass

@@ -18,6 +18,7 @@ from cxrad import io as cio
 from cxrad.errors import ImageReadError
 from cxrad.io import decode_image, read_bytes, read_image
 from fuzz import generate as G
+from hostile_files import finishes, special_file
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom and Pillow warn about what they are fed
@@ -313,31 +314,17 @@ def test_dicom_library_errors_inside_the_transforms_become_reasons(shared_data):
 @pytest.mark.parametrize("kind", ["dev_zero", "fifo", "symlink_to_dev_zero", "directory"])
 def test_only_regular_files_are_read(tmp_path, kind):
     path = tmp_path / "x.png"
-    if kind == "dev_zero":
-        path = Path("/dev/zero")
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "symlink_to_dev_zero":
-        path.symlink_to("/dev/zero")
-    else:
+    path = special_file(path, kind) or path
+    if kind == "directory":
         path.mkdir()
-    result = {}
-    reader = threading.Thread(target=lambda: result.setdefault("r", _try(read_bytes, path)), daemon=True)
-    reader.start()
-    reader.join(10)
-    if reader.is_alive() and kind == "fifo":
+    finished, result = finishes(read_bytes, path)
+    if not finished and kind == "fifo":
         with open(path, "wb"):  # unblock the reader so that the test run can end
             pass
-    assert not reader.is_alive(), "read_bytes hung"
-    assert isinstance(result["r"], ImageReadError)
-    assert ("directory" if kind == "directory" else "not a regular file") in str(result["r"])
+    assert finished, "read_bytes hung"
+    assert isinstance(result, ImageReadError)
+    assert ("directory" if kind == "directory" else "not a regular file") in str(result)
 
-
-def _try(fn, *args):
-    try:
-        return fn(*args)
-    except Exception as exc:
-        return exc
 
 
 def test_dicom_header_damage_found_late_is_still_a_reason(shared_data):
