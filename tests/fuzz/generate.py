@@ -249,14 +249,38 @@ def big_tiff(ctx):
                                                      compression="tiff_deflate"))
 
 
+def raw_deflate(chunk: bytes, final: bool = False) -> bytes:
+    """``chunk`` as a raw deflate block of its own, ending in a full flush (or the stream's end): such blocks
+    concatenate into one valid stream."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return c.compress(chunk) + c.flush(zlib.Z_FINISH if final else zlib.Z_FULL_FLUSH)
+
+
+def deflated_preamble() -> bytes:
+    """Preamble, DICM and the file meta of a Deflated Explicit VR Little Endian file: what precedes its
+    deflated data set."""
+    import pydicom
+    from pydicom import uid
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = uid.generate_uid()
+    meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    meta_buf = DicomBytesIO()
+    meta_buf.is_little_endian, meta_buf.is_implicit_VR = True, False
+    write_file_meta_info(meta_buf, meta, enforce_standard=True)
+    return b"\0" * 128 + b"DICM" + meta_buf.getvalue()
+
+
 def deflated_dicom(rows: int, cols: int, frames: int, value: int = 0) -> bytes:
     """A Deflated Explicit VR Little Endian DICOM whose pixel data really inflates to frames x rows x cols
     16-bit pixels, without ever holding them: equal deflate blocks, each ending in a full flush, are
     concatenated."""
     import pydicom
-    from pydicom import uid
     from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.filewriter import write_dataset
 
     ds = pydicom.Dataset()
     ds.Modality = "DX"
@@ -268,20 +292,8 @@ def deflated_dicom(rows: int, cols: int, frames: int, value: int = 0) -> bytes:
     write_dataset(body, ds)
     frame_bytes = rows * cols * 2
     head = body.getvalue() + struct.pack("<HH", 0x7FE0, 0x0010) + b"OW\0\0" + struct.pack("<I", frame_bytes * frames)
-
-    def deflate(chunk: bytes, final: bool = False) -> bytes:
-        c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-        return c.compress(chunk) + c.flush(zlib.Z_FINISH if final else zlib.Z_FULL_FLUSH)
-
-    block = deflate(struct.pack("<H", value) * (frame_bytes // 2))
-    meta = pydicom.dataset.FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-    meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
-    meta_buf = DicomBytesIO()
-    meta_buf.is_little_endian, meta_buf.is_implicit_VR = True, False
-    write_file_meta_info(meta_buf, meta, enforce_standard=True)
-    return b"\0" * 128 + b"DICM" + meta_buf.getvalue() + deflate(head) + block * frames + deflate(b"", True)
+    block = raw_deflate(struct.pack("<H", value) * (frame_bytes // 2))
+    return deflated_preamble() + raw_deflate(head) + block * frames + raw_deflate(b"", True)
 
 
 def deflate_frames(ctx):  # 10 frames of 4000 x 4000 (320 MB inflated): only the first is inflated
@@ -460,27 +472,10 @@ def deflate_bomb(ctx):  # 100 frames of 4000 x 4000, 16 bit: 3.2 GB once inflate
 
 
 def deflate_header_bomb(ctx):  # a header element that inflates to 200 MB, before any pixel data
-    import pydicom
-    from pydicom import uid
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_file_meta_info
-
     def build():
         head = struct.pack("<HH", 0x0009, 0x0010) + b"LO" + struct.pack("<H", 4) + b"XX  " + \
             struct.pack("<HH", 0x0009, 0x1000) + b"OB\0\0" + struct.pack("<I", 200 * 2**20)
-        c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-        stream = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
-        z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-        block = z.compress(bytes(2**20)) + z.flush(zlib.Z_FULL_FLUSH)
-        end = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS).flush(zlib.Z_FINISH)
-        meta = pydicom.dataset.FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-        meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-        meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
-        buf = DicomBytesIO()
-        buf.is_little_endian, buf.is_implicit_VR = True, False
-        write_file_meta_info(buf, meta, enforce_standard=True)
-        return b"\0" * 128 + b"DICM" + buf.getvalue() + stream + block * 200 + end
+        return deflated_preamble() + raw_deflate(head) + raw_deflate(bytes(2**20)) * 200 + raw_deflate(b"", True)
     return ".dcm", ctx.once("deflate_header_bomb", build)
 
 
