@@ -1,8 +1,9 @@
 """Learning curves: image AUROC on the four protocols as a detector trains, from weight snapshots.
 
-Each seed trains once on the shipped models' training mix (kermany224 train normals + nih train normals, the
-`covid` protocol's training set; no TB image), keeping its weights every ``--snapshot-every`` samples. Every
-snapshot is then scored on the four protocols' test splits, all disjoint from that mix. Nothing is selected
+Each seed trains once on a shipped models' training pool (``--pool``: ``mix`` is kermany224 train normals + nih
+train normals, the `covid` protocol's training set; ``adult`` and ``adult-weighted`` are in cxrad.protocols; no TB
+image), keeping its weights every ``--snapshot-every`` samples. Every snapshot is then scored on the protocols'
+test splits, all disjoint from the pools, and on the AP-only and PA-only films where a test split has views. Nothing is selected
 on test labels: the reported model of a run is its last snapshot (a rule fixed in advance), and the snapshot
 of lowest normal-only validation loss is marked for comparison.
 
@@ -30,7 +31,7 @@ import yaml
 from cxrad.data import load_images
 from cxrad.metrics import evaluate
 from cxrad.models import detector_class
-from cxrad.protocols import PROTOCOLS, load_protocol
+from cxrad.protocols import PROTOCOLS, load_protocol, training_pool, views
 from cxrad.training import read_state
 
 HERE = Path(__file__).resolve().parent
@@ -51,7 +52,7 @@ def done_keys(out: Path) -> set:
 
 
 def train_seed(args, params: dict, seed: int, cache: str):
-    mix = load_protocol("covid").train
+    mix = training_pool(args.pool)
     cls = detector_class(args.detector)
     run_dir = Path(args.run_root) / args.tag / f"seed{seed}"
     probe = cls(**params)
@@ -81,10 +82,13 @@ def evaluate_snapshots(args, det, run_dir: Path, seed: int, cache: str, out: Pat
         det.restore({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, {})
         row = {"tag": args.tag, "detector": args.detector, "seed": seed, "samples": meta["samples"],
                "epoch": meta["epoch"] + 1, "val_loss": (meta["history"].get("val_loss") or [None])[-1],
-               "machine": machine(), "params": {k: v for k, v in json.loads(args.params_json).items()}}
+               "machine": machine(), "pool": args.pool,
+               "params": {k: v for k, v in json.loads(args.params_json).items()}}
         for p, test in tests.items():
             scores = det.score_arrays(np.asarray(test.images))["score"]
             row[p] = evaluate(test.labels, scores, n_boot=0)["auroc"]
+            for view, mask in views(test.frame).items():
+                row[f"{p}_{view}"] = evaluate(test.labels[mask], scores[mask], n_boot=0)["auroc"]
         with open(out / "learning_curves.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
@@ -156,6 +160,8 @@ def main() -> None:
     ap.add_argument("--tag", default="dae64")
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--pool", default="mix", help="training pool: mix, adult or adult-weighted")
+    ap.add_argument("--train-only", action="store_true", help="train (and snapshot); score the snapshots later")
     ap.add_argument("--samples", type=int, default=300_000, help="training samples per seed")
     ap.add_argument("--snapshot-every", type=int, default=20_000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -181,10 +187,12 @@ def main() -> None:
     args.params_json = json.dumps(params)
     for seed in args.seeds:
         det, run_dir = train_seed(args, params, seed, args.cache_dir)
-        evaluate_snapshots(args, det, run_dir, seed, args.cache_dir, out)
+        if not args.train_only:
+            evaluate_snapshots(args, det, run_dir, seed, args.cache_dir, out)
         if not det.training_finished_:
             sys.exit(75)  # stopped by the time box: resumable, nothing more to do now
-    print(write_outputs(out))
+    if not args.train_only:
+        print(write_outputs(out))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from .io import MAX_FILE_BYTES, Preprocessing, decode_image, read_bytes, resize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
 MANIFEST_COLUMNS = ["path", "label", "finding", "patient_id", "source", "orig_split"]
+#: optional manifest columns read from a CSV as they are (``sample_weight``: relative sampling weight in training)
+EXTRA_COLUMNS = ("view", "age", "sex", "sample_weight")
 NORMAL_WORDS = {"normal", "0", "no finding", "no_finding", "no_findings", "healthy", "negative", "false"}
 ABNORMAL_WORDS = {"abnormal", "1", "anomaly", "anomalous", "positive", "true"}
 NPZ_SEP = "::"  # "file.npz::test[12]" names one array of a MedMNIST file
@@ -152,13 +154,22 @@ def from_csv(csv_path, root=None, source: str | None = None) -> pd.DataFrame:
         "path": [p if os.path.isabs(p) or NPZ_SEP in p else str(base / p) for p in df[path_col]],
         "label": [parse_label(v) for v in df["label"]],
     })
-    for col in ("finding", "patient_id", "source"):
+    for col in ("finding", "patient_id", "source", *EXTRA_COLUMNS):
         if col in df.columns:
             out[col] = df[col].values
+    if "sample_weight" in out:
+        out["sample_weight"] = _weights(out["sample_weight"], csv_path)
     split_col = next((c for c in ("orig_split", "split") if c in df.columns), None)
     if split_col:
         out["orig_split"] = df[split_col].values
     return _finish(out, source or base.name)
+
+
+def _weights(values: pd.Series, where) -> pd.Series:
+    weights = pd.to_numeric(values, errors="coerce")
+    if weights.isna().any() or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise DataError(f"{where}: sample_weight must be finite, non-negative numbers, not all zero")
+    return weights.astype(float)
 
 
 def from_npz(npz_path, source: str | None = None) -> pd.DataFrame:

@@ -70,6 +70,8 @@ class Detector(ParamsMixin):
     components: ClassVar[tuple[str, ...]] = ()
     #: components where a *lower* value is more anomalous (e.g. a log-density)
     lower_is_anomalous: ClassVar[tuple[str, ...]] = ()
+    #: whether ``fit_arrays`` takes ``sample_weight`` (a manifest's sampling weights)
+    supports_sample_weight: ClassVar[bool] = False
 
     image_size: int = 128
     resize: str = "stretch"
@@ -128,7 +130,12 @@ class Detector(ParamsMixin):
         if len(train) == 0:
             raise DataError("no normal training images are left after holding out the validation ones")
         self.history_ = {}
-        self.fit_arrays(np.asarray(train.images), np.asarray(val.images))
+        weighting = {}
+        if "sample_weight" in train.frame:
+            if not self.supports_sample_weight:
+                raise DataError(f"the {self.kind} detector does not take sampling weights (a sample_weight column)")
+            weighting["sample_weight"] = train.frame["sample_weight"].to_numpy(np.float64)
+        self.fit_arrays(np.asarray(train.images), np.asarray(val.images), **weighting)
         self.n_train_, self.n_val_ = len(train), len(val)
         self.train_fingerprint_ = fingerprint(train)
         raw = self.score_components(np.asarray(val.images))  # scored once: mapping-based scores are costly
@@ -359,11 +366,14 @@ class TrainedDetector(Detector):
     warm_start: bool = False
     snapshot_every: int | None = None
 
-    def train_config(self, train: np.ndarray, val: np.ndarray, desc: str, **settings) -> TrainConfig:
-        """The loop's settings for this detector; the run key ties checkpoints to the data, the learned
-        settings (less ``epochs``, so a finished run can be extended) and the starting weights."""
+    def train_config(self, train: np.ndarray, val: np.ndarray, desc: str, sample_weight=None,
+                     **settings) -> TrainConfig:
+        """The loop's settings for this detector; the run key ties checkpoints to the data (and its sampling
+        weights), the learned settings (less ``epochs``, so a finished run can be extended) and the starting
+        weights."""
         start = self.weights() if self.warm_start and hasattr(self, "threshold_") else {}
-        key = run_key(train, val, {k: v for k, v in self.learned_params().items() if k != "epochs"}, start)
+        key = run_key(train, val, {k: v for k, v in self.learned_params().items() if k != "epochs"}, start,
+                      sample_weight)
         cfg = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
                "device": self.device, "checkpoint_dir": self.checkpoint_dir,
                "checkpoint_minutes": self.checkpoint_minutes, "max_minutes": self.max_minutes,

@@ -9,18 +9,32 @@ between repeated runs. Duplicates (same content hash) are removed first.
 - ``nih``: nih_cxr14_talo: 60% of "No Finding" patients train, the rest + every pneumonia image test.
 - ``covid``: the CAE paper's protocol: train on kermany224 train normals + the nih train normals, test
   held-out nih normals against covid_hannover (cross-site: read with care, see the data README).
+- ``nih14``: NIH normal vs any of NIH's 14 findings, one hospital: train on the normals of nih_cxr14_talo and
+  nih_cxr14_64, test on nih_cxr14_chexnet (no NIH patient is in two of these folders).
+
+Training pools of shipped models (``training_pool``), none holding a test patient of any protocol or a TB film:
+
+- ``mix``: kermany224 train normals + nih train normals (the ``covid`` protocol's training set; 1,340 paediatric
+  films and 120 adult ones);
+- ``adult``: every adult normal: nih train normals + the nih_cxr14_64 normals of patients aged 18 or more;
+- ``adult-weighted``: ``mix`` + ``adult``, with sampling weights that make adult films half of every epoch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .data import deduplicate, from_csv, split_by_patient
 
-PROTOCOLS = ("kermany224", "tb", "nih", "covid")
+PROTOCOLS = ("kermany224", "tb", "nih", "nih14", "covid")
+POOLS = ("mix", "adult", "adult-weighted")
 TRAIN_FRACTION = 0.6
+ADULT_AGE = 18
+#: the adult share of every epoch in the ``adult-weighted`` pool
+ADULT_SHARE = 0.5
 
 
 @dataclass
@@ -73,6 +87,9 @@ def load_protocol(name: str, root=None, split_seed: int = 0) -> Protocol:
         train, test = _normal_split(_source(root, "tb_shenzhen_montgomery128"), split_seed)
     elif name == "nih":
         train, test = _normal_split(_source(root, "nih_cxr14_talo"), split_seed)
+    elif name == "nih14":
+        train = pd.concat([_normals(root, "nih_cxr14_talo"), _normals(root, "nih_cxr14_64")])
+        test = _source(root, "nih_cxr14_chexnet")
     elif name == "covid":
         kermany = _source(root, "kermany224")
         nih_train, nih_test = _normal_split(_source(root, "nih_cxr14_talo"), split_seed)
@@ -80,4 +97,50 @@ def load_protocol(name: str, root=None, split_seed: int = 0) -> Protocol:
         test = pd.concat([nih_test[nih_test["label"] == 0], _source(root, "covid_hannover")])
     else:
         raise ValueError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
-    return Protocol(name, train.reset_index(drop=True), test.reset_index(drop=True))
+    train, _ = deduplicate(train.reset_index(drop=True))
+    return Protocol(name, train, test.reset_index(drop=True))
+
+
+def _normals(root: Path, folder: str) -> pd.DataFrame:
+    df = _source(root, folder)
+    return df[df["label"] == 0]
+
+
+def _adults(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of known age >= 18, or of unknown age from an adult-only source (every NIH folder is mostly adult,
+    but its ages are given where they are known)."""
+    if "age" not in df:
+        return df
+    age = pd.to_numeric(df["age"], errors="coerce")
+    return df[age.isna() | (age >= ADULT_AGE)]
+
+
+def training_pool(name: str, root=None, split_seed: int = 0) -> pd.DataFrame:
+    """The normal films a shipped model trains on (see the module docstring). No test patient of any protocol
+    is in it, and no TB film; duplicates are removed by content hash (weights, not copies, set the mix)."""
+    root = Path(root) if root else default_data_root()
+    if name not in POOLS:
+        raise ValueError(f"unknown training pool {name!r}; choose from {', '.join(POOLS)}")
+    mix = load_protocol("covid", root, split_seed).train
+    adult = pd.concat([mix[mix["source"] == "nih_cxr14_talo"], _adults(_normals(root, "nih_cxr14_64"))])
+    if name == "mix":
+        pool = mix
+    elif name == "adult":
+        pool = adult
+    else:
+        pool = pd.concat([mix, adult])
+    pool, _ = deduplicate(pool.reset_index(drop=True))
+    if name == "adult-weighted":
+        is_adult = pool["source"].str.startswith("nih_").to_numpy()
+        # per image: the adult films share ADULT_SHARE of the weight, the paediatric ones the rest
+        pool["sample_weight"] = np.where(is_adult, ADULT_SHARE / is_adult.sum(),
+                                         (1 - ADULT_SHARE) / max((~is_adult).sum(), 1)) * len(pool)
+    return pool.reset_index(drop=True)
+
+
+def views(test: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Masks of the AP-only and PA-only films of a test split that has a ``view`` column (empty otherwise)."""
+    if "view" not in test:
+        return {}
+    view = test["view"].astype(str).str.upper()
+    return {v: (view == v).to_numpy() for v in ("AP", "PA") if (view == v).any()}

@@ -59,8 +59,14 @@ def to_tensor(images: np.ndarray, channels: int = 1, device=None) -> torch.Tenso
     return x.expand(-1, channels, -1, -1).contiguous() if channels > 1 else x
 
 
-def batches(n: int, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+def batches(n: int, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+            weights: torch.Tensor | None = None):
+    """Index batches over n items: in order, shuffled, or (``weights``) n draws with replacement in proportion
+    to the weights, as torch's WeightedRandomSampler does."""
+    if weights is not None:
+        order = torch.multinomial(weights, n, replacement=True, generator=generator)
+    else:
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size].numpy()
 
@@ -215,12 +221,13 @@ def fit_epochs(modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.
                train: np.ndarray, cfg: TrainConfig, val: np.ndarray | None = None,
                val_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                prepare: Callable[[np.ndarray], np.ndarray] | None = None,
-               on_epoch: Callable[[int], None] | None = None) -> TrainResult:
+               on_epoch: Callable[[int], None] | None = None, weights: np.ndarray | None = None) -> TrainResult:
     """Train ``modules`` with ``step`` for ``cfg.epochs`` epochs over ``train`` (uint8 or float arrays).
 
     ``prepare`` turns an array of images into model input once (e.g. intensity normalisation);
     ``val_loss(x, gen) -> per-image losses`` is evaluated in batches on ``val`` after every epoch with a
-    generator seeded the same way each time, so the curve compares like with like. Modules must already be on
+    generator seeded the same way each time, so the curve compares like with like. ``weights`` (one per training
+    image) make each epoch len(train) weighted draws instead of a permutation. Modules must already be on
     the device; under torchrun the caller wraps them in DistributedDataParallel (``wrap_ddp``).
     """
     dist = distributed()
@@ -230,6 +237,11 @@ def fit_epochs(modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.
     start, history, samples = ckpt.resume(modules, optimizers, gen)
     history = history or {}
     train = prepare(train) if prepare is not None else train
+    if weights is not None:
+        weights = torch.as_tensor(np.asarray(weights, np.float64))
+        if weights.shape != (len(train),) or not torch.isfinite(weights).all() or (weights < 0).any() \
+                or weights.sum() <= 0:
+            raise ValueError("training weights must be one finite, non-negative number per image, not all zero")
     val = prepare(val) if prepare is not None and val is not None and len(val) else val
     started = last_save = time.monotonic()
     epochs = progress_bar(range(start, cfg.epochs), cfg.progress and dist.main, desc=cfg.desc, initial=start,
@@ -242,7 +254,7 @@ def fit_epochs(modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.
         for m in modules.values():
             m.train()
         sums: dict[str, float] = {}
-        for idx in batches(len(train), cfg.batch_size, shuffle=True, generator=gen):
+        for idx in batches(len(train), cfg.batch_size, shuffle=True, generator=gen, weights=weights):
             for k, v in step(to_tensor(train[idx], 1, device), gen, dist).items():
                 sums[k] = sums.get(k, 0.0) + v
         samples += len(train)
@@ -408,11 +420,15 @@ def _unflatten(node, tensors: dict):
     raise ValueError(f"unknown checkpoint node {kind!r}")
 
 
-def run_key(train: np.ndarray, val: np.ndarray, settings: dict, start: dict | None = None) -> str:
-    """Identifies a training run for its checkpoints: the images, the settings and the starting weights."""
+def run_key(train: np.ndarray, val: np.ndarray, settings: dict, start: dict | None = None,
+            weights: np.ndarray | None = None) -> str:
+    """Identifies a training run for its checkpoints: the images, their sampling weights, the settings and the
+    starting weights."""
     import hashlib
     h = hashlib.sha256(np.ascontiguousarray(train).tobytes())
     h.update(np.ascontiguousarray(val).tobytes())
+    if weights is not None:
+        h.update(b"weights" + np.ascontiguousarray(weights, np.float64).tobytes())
     h.update(repr(sorted(settings.items())).encode())
     for name, t in sorted((start or {}).items()):
         h.update(name.encode())

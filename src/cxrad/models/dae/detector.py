@@ -93,6 +93,7 @@ class DAEDetector(TrainedDetector):
 
     kind: ClassVar[str] = "dae"
     components: ClassVar[tuple[str, ...]] = ("box_residual", "top_residual")
+    supports_sample_weight: ClassVar[bool] = True
 
     image_size: int = 64
     epochs: int = 100
@@ -105,8 +106,9 @@ class DAEDetector(TrainedDetector):
     def network(self) -> UNet:
         return UNet(self.width, self.depth)
 
-    def fit_arrays(self, train: np.ndarray, val: np.ndarray) -> None:
-        cfg = self.train_config(train, val, "DAE epochs", optimizer="adamw", weight_decay=1e-5, schedule="cosine")
+    def fit_arrays(self, train: np.ndarray, val: np.ndarray, sample_weight=None) -> None:
+        cfg = self.train_config(train, val, "DAE epochs", sample_weight, optimizer="adamw", weight_decay=1e-5,
+                                schedule="cosine")
         model, net, device = self.start_network(self.network)
         opt = cfg.make_optimizer(model.parameters())
 
@@ -121,7 +123,7 @@ class DAEDetector(TrainedDetector):
             return loss(model, x + coarse_noise(x.shape, self.noise_grid, self.noise_std, gen, device), x)
 
         result = fit_epochs({"model": net}, {"opt": opt}, loss_step(net, loss, opt, corrupt), train, cfg, val=val,
-                            val_loss=val_loss, prepare=normalise)
+                            val_loss=val_loss, prepare=normalise, weights=sample_weight)
         self.model_ = model.eval()
         self.record(result)
 
