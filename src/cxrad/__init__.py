@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-from .version import __version__
+from cxrad.version import __version__
 
 _LAZY = {"DataError": "errors", "ImageReadError": "errors", "BundleError": "errors", "NotFittedError": "errors",
          "ImageSet": "data", "load_images": "data", "open_dataset": "data", "Preprocessing": "io",

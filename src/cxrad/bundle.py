@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BundleError
-from .files import UnsafeFileError, atomic_write_bytes, atomic_write_text, folder_lock, read_regular_file, \
+from cxrad.errors import BundleError
+from cxrad.files import UnsafeFileError, atomic_write_bytes, atomic_write_text, folder_lock, read_regular_file, \
     remove_stale_temporaries
 
 FORMAT = "cxrad-bundle"
@@ -34,7 +34,7 @@ _WEIGHTS_NAME = re.compile(r"^weights-[0-9a-f]{16}\.safetensors$")
 def environment() -> dict:
     import torch
 
-    from .version import __version__
+    from cxrad.version import __version__
     return {"cxrad": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
 

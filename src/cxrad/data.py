@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, ImageReadError
-from .files import UnsafeFileError, atomic_open, open_regular_file, read_regular_file, regular_file_size, \
+from cxrad.errors import DataError, ImageReadError
+from cxrad.files import UnsafeFileError, atomic_open, open_regular_file, read_regular_file, regular_file_size, \
     remove_stale_temporaries
-from .io import MAX_FILE_BYTES, Preprocessing, decode_image, read_bytes, resize
+from cxrad.io import MAX_FILE_BYTES, Preprocessing, decode_image, read_bytes, resize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"}
 MANIFEST_COLUMNS = ["path", "label", "finding", "patient_id", "source", "orig_split"]

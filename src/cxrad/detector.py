@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import thresholds as th
-from .bundle import read_bundle, resolve, write_bundle
-from .data import DataError, ImageSet, as_imageset, fingerprint, hold_out_normals, with_labels
-from .errors import BundleError, NotFittedError
-from .io import Preprocessing
-from .params import ParamsMixin
-from .training import TrainConfig, resolve_device, run_key, wrap_ddp
+from cxrad import thresholds as th
+from cxrad.bundle import read_bundle, resolve, write_bundle
+from cxrad.data import DataError, ImageSet, as_imageset, fingerprint, hold_out_normals, with_labels
+from cxrad.errors import BundleError, NotFittedError
+from cxrad.io import Preprocessing
+from cxrad.params import ParamsMixin
+from cxrad.training import TrainConfig, resolve_device, run_key, wrap_ddp
 
 #: settings that change how a run executes, not what it learns: left out of bundles and run keys
 RUNTIME_PARAMS = frozenset({"device", "progress", "checkpoint_dir", "cache_dir", "max_minutes",

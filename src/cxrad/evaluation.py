@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import ImageSet, load_images
-from .files import atomic_write_text
-from .metrics import binary_metrics, breakdown, class_means, component_aurocs, evaluate
+from cxrad.data import ImageSet, load_images
+from cxrad.files import atomic_write_text
+from cxrad.metrics import binary_metrics, breakdown, class_means, component_aurocs, evaluate
 
 def score_columns(table: pd.DataFrame, components=(), labelled: bool = False) -> list[str]:
     """The per-image columns written to score files: path, score, components, percentile, verdict, error

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ExportError
-from .files import atomic_write_bytes, atomic_write_text
+from cxrad.errors import ExportError
+from cxrad.files import atomic_write_bytes, atomic_write_text
 
 FORMAT, FORMAT_VERSION = "cxrad-onnx", 1
 SIDECAR_SUFFIX = ".cxrad.json"
@@ -51,12 +51,12 @@ def _torch_modules():
     import torch
     from torch import nn
 
-    from .models.aeu.detector import weighted_errors
-    from .models.anogan.detector import izif_terms
-    from .models.dae.detector import median_filter, residual_scores
-    from .models.opacity.detector import map_scores
-    from .models.patchcore.detector import gaussian_patch_scores, image_scores, knn_patch_scores, patch_features
-    from .models.regional.model import STATISTICS
+    from cxrad.models.aeu.detector import weighted_errors
+    from cxrad.models.anogan.detector import izif_terms
+    from cxrad.models.dae.detector import median_filter, residual_scores
+    from cxrad.models.opacity.detector import map_scores
+    from cxrad.models.patchcore.detector import gaussian_patch_scores, image_scores, knn_patch_scores, patch_features
+    from cxrad.models.regional.model import STATISTICS
 
     def normalise(images):
         """``models.augment.normalise`` in torch, step for step in the same precision: uint8 (N, H, W) ->
@@ -308,7 +308,7 @@ def export_onnx(det, out, opset: int = DEFAULT_OPSET) -> tuple[Path, Path]:
     onnx_path, sidecar = export_paths(out)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(onnx_path, data)
-    from .version import __version__
+    from cxrad.version import __version__
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": det.kind, "cxrad": __version__,
            "onnx": {"file": onnx_path.name, "sha256": hashlib.sha256(data).hexdigest(), "opset": opset},
            "inputs": inputs, "outputs": names, "components": list(det.components),
@@ -326,7 +326,7 @@ def verify_export(det, path, images: np.ndarray | None = None, tolerance: float 
     returns each output's largest difference relative to max(1, |value|), and raises ExportError if one
     exceeds ``tolerance``."""
     if images is None:
-        from .data import bundled_samples, load_images
+        from cxrad.data import bundled_samples, load_images
         samples = bundled_samples()
         images = load_images(samples.loc[samples["orig_split"] == "test", "path"].tolist(), det.prep).images
     images = np.asarray(images)
@@ -396,7 +396,7 @@ class OnnxScorer:
         self.normal_scores = np.sort(np.asarray(self.meta["normal_scores"], np.float64))
 
     def _feeds(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        from .io import Preprocessing, resize
+        from cxrad.io import Preprocessing, resize
         feeds = {}
         for spec in self.meta["inputs"]:
             if spec["size"] == self.size:
@@ -436,7 +436,7 @@ class OnnxScorer:
 
     def percentile(self, scores) -> np.ndarray:
         """Percentile of each score among the held-out normal scores (as ``Detector.score``)."""
-        from .thresholds import percentile_of
+        from cxrad.thresholds import percentile_of
         return percentile_of(self.normal_scores, np.asarray(scores, np.float64))
 
     def predict(self, images: np.ndarray) -> np.ndarray:

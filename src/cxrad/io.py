@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ImageReadError
-from .files import UnsafeFileError, read_regular_file
+from cxrad.errors import ImageReadError
+from cxrad.files import UnsafeFileError, read_regular_file
 
 # Largest image, in pixels, that we agree to decode (for DICOM: per frame). A 4k x 4k radiograph is 16.7 MP;
 # anything far beyond is a decompression bomb or not an X-ray.

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bundle import PRETRAINED_DIR, available, default_name, resolve
-from .models import Detector, load_detector
+from cxrad.bundle import PRETRAINED_DIR, available, default_name, resolve
+from cxrad.models import Detector, load_detector
 
 __all__ = ["PRETRAINED_DIR", "available", "default_name", "load_model", "resolve"]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import deduplicate, from_csv, split_by_patient
+from cxrad.data import deduplicate, from_csv, split_by_patient
 
 PROTOCOLS = ("kermany224", "tb", "nih", "nih14", "covid")
 POOLS = ("mix", "adult", "adult-weighted")

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .bundle import bundle_file_names
-from .data import load_images
-from .errors import UserError
-from .evaluation import json_lines, score_columns
-from .files import atomic_open, atomic_write_text
-from .pretrained import resolve
-from .scoring import read_scores
+from cxrad.bundle import bundle_file_names
+from cxrad.data import load_images
+from cxrad.errors import UserError
+from cxrad.evaluation import json_lines, score_columns
+from cxrad.files import atomic_open, atomic_write_text
+from cxrad.pretrained import resolve
+from cxrad.scoring import read_scores
 
 SHARD_NAME = "scores-{:05d}"
 
@@ -38,7 +38,7 @@ class BundleScorer:
                  operating_point=None):
         import torch
 
-        from .models import load_detector
+        from cxrad.models import load_detector
         torch.set_num_threads(max(1, int(threads)))
         self._folder = tempfile.TemporaryDirectory(prefix="cxrad-model-")
         for name, data in bundle_files.items():

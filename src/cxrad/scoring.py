@@ -19,10 +19,10 @@ from typing import Iterator
 
 import pandas as pd
 
-from .data import IMAGE_SUFFIXES, load_images
-from .errors import UserError
-from .evaluation import json_lines, score_columns
-from .files import UnsafeFileError, atomic_write_text, open_regular_file
+from cxrad.data import IMAGE_SUFFIXES, load_images
+from cxrad.errors import UserError
+from cxrad.evaluation import json_lines, score_columns
+from cxrad.files import UnsafeFileError, atomic_write_text, open_regular_file
 
 DICOM_MAGIC_OFFSET = 128
 

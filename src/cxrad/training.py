@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .files import atomic_open, remove_stale_temporaries
+from cxrad.files import atomic_open, remove_stale_temporaries
 
 CHECKPOINT_FILE = "last.safetensors"
 OPTIMIZERS = ("adam", "adamw", "rmsprop")
@@ -377,7 +377,7 @@ def read_state(path: Path, max_bytes: int = 4 * 2**30):
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from .files import UnsafeFileError, read_regular_file
+    from cxrad.files import UnsafeFileError, read_regular_file
     try:
         data = read_regular_file(path, max_bytes)
         tensors = load(data)

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..evaluation import score_columns
-from ..data import ImageSet
-from ..errors import ImageReadError
-from ..io import Preprocessing, decode_image, resize
-from .launch import DEFAULT_MAX_UPLOAD_MB
+from cxrad.evaluation import score_columns
+from cxrad.data import ImageSet
+from cxrad.errors import ImageReadError
+from cxrad.io import Preprocessing, decode_image, resize
+from cxrad.app.launch import DEFAULT_MAX_UPLOAD_MB
 
 
 #: most files scored in one batch: each keeps display images in memory

@@ -10,10 +10,10 @@ import argparse
 import os
 import sys
 
-from ..errors import CxradError
-from ..version import __version__
-from . import app, demo, detectors, evaluate, export, report, score, train
-from .common import EXIT_FATAL, load_config
+from cxrad.errors import CxradError
+from cxrad.version import __version__
+from cxrad.cli import app, demo, detectors, evaluate, export, report, score, train
+from cxrad.cli.common import EXIT_FATAL, load_config
 
 COMMANDS = (train, score, evaluate, report, export, app, demo, detectors)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from ..app.launch import DEFAULT_MAX_UPLOAD_MB
-from ..errors import UserError
+from cxrad.app.launch import DEFAULT_MAX_UPLOAD_MB
+from cxrad.errors import UserError
 
 
 def add_parser(sub, argv=None) -> None:
@@ -23,7 +23,7 @@ def add_parser(sub, argv=None) -> None:
 
 
 def run(args) -> int:
-    from ..app.launch import serve
+    from cxrad.app.launch import serve
 
     if importlib.util.find_spec("streamlit") is None:
         raise UserError("the dashboard needs Streamlit: pip install 'cxrad[app]'")
@@ -32,6 +32,6 @@ def run(args) -> int:
     if not 1 <= args.max_upload_mb <= 1024:
         raise UserError(f"--max-upload-mb must be between 1 and 1024, not {args.max_upload_mb}")
     if args.model is not None:
-        from ..pretrained import resolve
+        from cxrad.pretrained import resolve
         resolve(args.model)  # a wrong path fails here with a clear message, not later in the browser
     return serve(args.port, args.max_upload_mb, args.model)

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from cxrad.errors import UserError
 
 EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 1, 3
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -116,13 +116,13 @@ def check_settings(cls, params: dict) -> None:
 
 
 def cache_dir(args) -> str:
-    from ..data import default_cache_dir
+    from cxrad.data import default_cache_dir
     return str(args.cache_dir or default_cache_dir())
 
 
 def open_manifest(args, data: str | None = None, split: str | None = None, note: bool = True):
     """The deduplicated manifest of --data (or ``data``), restricted to --split (or ``split``)."""
-    from ..data import deduplicate, open_dataset, select_split
+    from cxrad.data import deduplicate, open_dataset, select_split
     data = data or args.data
     normal = tuple(args.normal) if getattr(args, "normal", None) else ("NORMAL",)
     abnormal = tuple(args.abnormal) if getattr(args, "abnormal", None) else None
@@ -151,7 +151,7 @@ def outside_rows(df, data) -> int:
 
 
 def apply_operating_point(det, args) -> None:
-    from ..thresholds import operating_point
+    from cxrad.thresholds import operating_point
     if getattr(args, "threshold_value", None) is not None:
         det.set_operating_point(operating_point(det, "fixed", value=args.threshold_value))
     elif getattr(args, "target_specificity", None) is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import EXIT_OK
+from cxrad.cli.common import EXIT_OK
 
 
 def add_parser(sub, argv=None) -> None:
@@ -20,10 +20,10 @@ def add_parser(sub, argv=None) -> None:
 
 
 def run(args) -> int:
-    from ..data import bundled_samples, deduplicate, load_images
-    from ..evaluation import evaluate_model, format_metrics
-    from ..models import CAEDetector
-    from ..pretrained import default_name, load_model
+    from cxrad.data import bundled_samples, deduplicate, load_images
+    from cxrad.evaluation import evaluate_model, format_metrics
+    from cxrad.models import CAEDetector
+    from cxrad.pretrained import default_name, load_model
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

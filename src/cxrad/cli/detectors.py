@@ -1,7 +1,7 @@
 """``cxrad detectors``: the detectors and every setting each one takes."""
 from __future__ import annotations
 
-from .common import EXIT_OK
+from cxrad.cli.common import EXIT_OK
 
 
 def add_parser(sub, argv=None) -> None:
@@ -13,7 +13,7 @@ def add_parser(sub, argv=None) -> None:
 
 
 def describe(kind: str) -> str:
-    from ..models import detector_class
+    from cxrad.models import detector_class
     cls = detector_class(kind)
     lines = [f"{kind}: {_summary(cls)}", "", "settings (--param KEY=VALUE):"]
     for s in cls.settings():
@@ -26,7 +26,7 @@ def _summary(cls) -> str:
 
 
 def run(args) -> int:
-    from ..models import REGISTRY
+    from cxrad.models import REGISTRY
     if args.kind:
         print(describe(args.kind))
     else:

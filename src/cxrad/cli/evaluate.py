@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
-from .common import EXIT_OK, EXIT_SOME_FAILED, add_common, add_model_flags, apply_operating_point, cache_dir, \
+from cxrad.errors import UserError
+from cxrad.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_common, add_model_flags, apply_operating_point, cache_dir, \
     open_manifest
 
 
@@ -19,8 +19,8 @@ def add_parser(sub, argv=None) -> None:
 
 
 def run(args) -> int:
-    from ..evaluation import evaluate_model, format_metrics
-    from ..pretrained import load_model
+    from cxrad.evaluation import evaluate_model, format_metrics
+    from cxrad.pretrained import load_model
 
     if not args.data:
         raise UserError("--data is required (or give 'data:' in --config)")

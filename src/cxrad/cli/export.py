@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import EXIT_OK
+from cxrad.cli.common import EXIT_OK
 
 
 def add_parser(sub, argv=None) -> None:
@@ -28,8 +28,8 @@ def add_parser(sub, argv=None) -> None:
 def run(args) -> int:
     import importlib.util
 
-    from ..export import DEFAULT_OPSET, export_onnx, verify_export
-    from ..pretrained import load_model
+    from cxrad.export import DEFAULT_OPSET, export_onnx, verify_export
+    from cxrad.pretrained import load_model
 
     det = load_model(args.model, "cpu")
     onnx_path, sidecar = export_onnx(det, args.out, opset=args.opset or DEFAULT_OPSET)

@@ -5,8 +5,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..errors import UserError
-from .common import EXIT_OK, EXIT_SOME_FAILED, add_common, add_operating_point_flags, apply_operating_point, \
+from cxrad.errors import UserError
+from cxrad.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_common, add_operating_point_flags, apply_operating_point, \
     cache_dir, open_manifest
 
 
@@ -33,9 +33,9 @@ def add_parser(sub, argv=None) -> None:
 
 
 def run(args) -> int:
-    from ..evaluation import format_metrics
-    from ..pretrained import load_model
-    from ..report import build_report
+    from cxrad.evaluation import format_metrics
+    from cxrad.pretrained import load_model
+    from cxrad.report import build_report
 
     if not args.data:
         raise UserError("--data is required (a labelled dataset with normal and abnormal images)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import UserError
-from .common import EXIT_OK, EXIT_SOME_FAILED, add_common, add_model_flags, apply_operating_point, cache_dir, \
+from cxrad.errors import UserError
+from cxrad.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_common, add_model_flags, apply_operating_point, cache_dir, \
     print_table
 
 
@@ -53,10 +53,10 @@ def run(args) -> int:
         raise UserError("--resume needs --out (the folder whose scores.csv is continued)")
     if args.batch_size < 1 or args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise UserError("--batch-size, --workers and --threads must be at least 1")
-    from ..pretrained import load_model, resolve  # after the argument checks: these import torch and pandas
-    from ..evaluation import json_lines
-    from ..thresholds import operating_point
-    from ..scoring import collect_files, read_file_list, score_to_files, summarise
+    from cxrad.pretrained import load_model, resolve  # after the argument checks: these import torch and pandas
+    from cxrad.evaluation import json_lines
+    from cxrad.thresholds import operating_point
+    from cxrad.scoring import collect_files, read_file_list, score_to_files, summarise
 
     det = load_model(args.model, args.device)
     apply_operating_point(det, args)
@@ -71,7 +71,7 @@ def run(args) -> int:
         raise UserError(f"--out {out} is a file; give a folder")
     stream = (lambda rows: print(json_lines(rows), end="", flush=True)) if args.json else None
     if args.engine == "ray":
-        from ..ray_scoring import score_with_ray
+        from cxrad.ray_scoring import score_with_ray
         if out is None:
             raise UserError("--engine ray writes sharded outputs: give --out")
         table = score_with_ray(resolve(args.model), files, out, address=args.address, actors=args.actors,
@@ -87,7 +87,7 @@ def run(args) -> int:
                                  threads=args.threads, on_batch=stream)
     if out is not None:
         if len(ignored):
-            from ..files import atomic_write_text
+            from cxrad.files import atomic_write_text
             atomic_write_text(out / "ignored.csv", ignored.to_csv(index=False))
         print(f"wrote {out / 'scores.csv'} and {out / 'scores.jsonl'}", file=sys.stderr)
     if not args.json:

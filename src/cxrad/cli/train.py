@@ -4,8 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import CxradError, UserError
-from .common import EXIT_OK, add_common, cache_dir, check_settings, model_params, open_manifest
+from cxrad.errors import CxradError, UserError
+from cxrad.cli.common import EXIT_OK, add_common, cache_dir, check_settings, model_params, open_manifest
 
 #: flags that set a detector setting of the same name only when given (the detector's default wins otherwise)
 SETTING_FLAGS = ("epochs", "image_size", "resize", "seed", "val_fraction", "specificity", "batch_size",
@@ -56,7 +56,7 @@ def _settings_epilog(argv: list[str]) -> str | None:
     i = argv.index("--detector")
     if i + 1 >= len(argv):
         return None
-    from .detectors import describe
+    from cxrad.cli.detectors import describe
     try:
         return describe(argv[i + 1])
     except CxradError:
@@ -64,10 +64,10 @@ def _settings_epilog(argv: list[str]) -> str | None:
 
 
 def run(args) -> int:
-    from ..data import load_images
-    from ..models import detector_class
-    from ..pretrained import load_model
-    from ..training import distributed
+    from cxrad.data import load_images
+    from cxrad.models import detector_class
+    from cxrad.pretrained import load_model
+    from cxrad.training import distributed
 
     if not args.data:
         raise UserError("--data is required (or give 'data:' in --config)")
@@ -122,7 +122,7 @@ def run(args) -> int:
     _calibrate(det, args, images)
     out = det.save(out)
     if len(images.errors):
-        from ..files import atomic_write_text
+        from cxrad.files import atomic_write_text
         atomic_write_text(out / "errors.csv", images.errors.to_csv(index=False))
     finished = getattr(det, "training_finished_", True)
     if finished and not args.keep_checkpoint:
@@ -138,7 +138,7 @@ def run(args) -> int:
 
 def _calibrate(det, args, train_images) -> None:
     if args.calibration_data:
-        from ..data import load_images
+        from cxrad.data import load_images
         cal_df = open_manifest(args, data=args.calibration_data, split=args.calibration_split or "")
         overlap = set(cal_df["sha256"]) & set(train_images.frame.get("sha256", []))
         if overlap:
@@ -152,7 +152,7 @@ def _calibrate(det, args, train_images) -> None:
 
 def _drop_checkpoints(folder: Path) -> None:
     """A finished run keeps no resumable state (sample grids and snapshots stay), and no empty folders."""
-    from ..training import CHECKPOINT_FILE
+    from cxrad.training import CHECKPOINT_FILE
     for f in folder.rglob(CHECKPOINT_FILE):
         f.unlink()
     for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [folder]:

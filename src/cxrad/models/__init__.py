@@ -1,16 +1,16 @@
 """Every detector, one folder each; importing this package registers them all by their ``kind``."""
 from __future__ import annotations
 
-from ..bundle import read_meta, resolve
-from ..detector import REGISTRY, Detector, detector_class
-from .aeu import AEUDetector
-from .anogan import AnoGANDetector, FAnoGANDetector
-from .cae import CAEDetector
-from .dae import DAEDetector
-from .fusion import FusionDetector
-from .opacity import OpacityDetector
-from .patchcore import PatchCoreDetector
-from .regional import RegionalDetector
+from cxrad.bundle import read_meta, resolve
+from cxrad.detector import REGISTRY, Detector, detector_class
+from cxrad.models.aeu import AEUDetector
+from cxrad.models.anogan import AnoGANDetector, FAnoGANDetector
+from cxrad.models.cae import CAEDetector
+from cxrad.models.dae import DAEDetector
+from cxrad.models.fusion import FusionDetector
+from cxrad.models.opacity import OpacityDetector
+from cxrad.models.patchcore import PatchCoreDetector
+from cxrad.models.regional import RegionalDetector
 
 __all__ = ["AEUDetector", "AnoGANDetector", "CAEDetector", "DAEDetector", "Detector", "FAnoGANDetector",
            "FusionDetector", "OpacityDetector", "PatchCoreDetector", "REGISTRY", "RegionalDetector", "detector_class", "load_detector"]

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import ImageSet, deduplicate, load_images, open_dataset
-from ..evaluation import evaluate_model, threshold_table
-from ..files import atomic_write_text
-from ..pretrained import load_model
+from cxrad.data import ImageSet, deduplicate, load_images, open_dataset
+from cxrad.evaluation import evaluate_model, threshold_table
+from cxrad.files import atomic_write_text
+from cxrad.pretrained import load_model
 
 FIGURES = ("loss_curves", "examples_normal_most", "examples_normal_least", "examples_abnormal_most",
            "examples_abnormal_least", "score_densities", "roc_pr", "tsne", "confusion_matrix")
@@ -90,8 +90,8 @@ def build_report(model, data, out_dir, *, examples: int = 4, max_tsne: int = 100
     """Evaluate ``model`` (a fitted detector, a bundle folder or a shipped model name) on labelled ``data``
     (an ImageSet at the model's size, a manifest DataFrame, or a dataset path) and write ``report.html``,
     every figure as PNG, and evaluate's scores/metrics/table files under ``out_dir``."""
-    from . import figures as F
-    from .html import render
+    from cxrad.report import figures as F
+    from cxrad.report.html import render
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

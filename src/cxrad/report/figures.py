@@ -15,7 +15,7 @@ from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ..files import atomic_write_bytes  # noqa: E402
+from cxrad.files import atomic_write_bytes  # noqa: E402
 
 DPI = 100
 #: (width, height) in pixels of each figure kind

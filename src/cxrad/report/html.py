@@ -94,7 +94,7 @@ def _card(value: str, label: str) -> str:
 
 def render(det, result: dict, tables: dict, figures: dict, notes: list[str], n_examples: int = 4,
            title: str | None = None, command: str | None = None) -> str:
-    from ..version import __version__
+    from cxrad.version import __version__
     e = _html.escape
     lo, hi = result["auroc_ci"]
     title = title or f"cxrad report: {det.kind} detector"

@@ -7,10 +7,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ...detector import TrainedDetector
-from ...training import fit_epochs, load_module, loss_step, map_batches
-from ..augment import jitter, normalise
-from .model import AEU
+from cxrad.detector import TrainedDetector
+from cxrad.training import fit_epochs, load_module, loss_step, map_batches
+from cxrad.models.augment import jitter, normalise
+from cxrad.models.aeu.model import AEU
 
 
 def heteroscedastic(mu: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ...detector import TrainedDetector
-from ...training import (TrainConfig, batches, fit_epochs, load_module, loss_step, map_batches, progress_bar,
+from cxrad.detector import TrainedDetector
+from cxrad.training import (TrainConfig, batches, fit_epochs, load_module, loss_step, map_batches, progress_bar,
                          resolve_device, run_key, to_tensor, wrap_ddp)
-from .model import Discriminator, Encoder, Generator, check_size
+from cxrad.models.anogan.model import Discriminator, Encoder, Generator, check_size
 
 OPTIMIZERS = ("adam", "rmsprop")
 #: the settings that define the GAN: an f-AnoGAN given an AnoGAN's checkpoint_dir with these equal reuses its GAN

@@ -1,5 +1,5 @@
 """Convolutional autoencoder + latent KDE (the COVID-19 screening seed method)."""
-from .detector import CAEDetector
-from .model import CAE
+from cxrad.models.cae.detector import CAEDetector
+from cxrad.models.cae.model import CAE
 
 __all__ = ["CAE", "CAEDetector"]

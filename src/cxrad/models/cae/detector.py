@@ -7,9 +7,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ...detector import TrainedDetector
-from ...training import fit_epochs, load_module, loss_step, map_batches
-from .model import CAE, keras_parameter_count
+from cxrad.detector import TrainedDetector
+from cxrad.training import fit_epochs, load_module, loss_step, map_batches
+from cxrad.models.cae.model import CAE, keras_parameter_count
 
 SCORE_MODES = ("either", "recon", "density")
 BANDWIDTHS = np.logspace(-1, 1.5, 16)

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...detector import TrainedDetector
-from ...training import fit_epochs, load_module, loss_step, map_batches
-from ..augment import jitter, normalise
-from .model import UNet
+from cxrad.detector import TrainedDetector
+from cxrad.training import fit_epochs, load_module, loss_step, map_batches
+from cxrad.models.augment import jitter, normalise
+from cxrad.models.dae.model import UNet
 
 
 def coarse_noise(shape, grid: int, std: float, generator: torch.Generator, device) -> torch.Tensor:

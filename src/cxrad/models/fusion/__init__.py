@@ -1,4 +1,4 @@
 """Score fusion of several detectors, standardised on held-out normal images (outlier-ensemble averaging)."""
-from .detector import FusionDetector
+from cxrad.models.fusion.detector import FusionDetector
 
 __all__ = ["FusionDetector"]

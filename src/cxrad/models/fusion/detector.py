@@ -8,8 +8,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ...data import ImageSet, as_imageset
-from ...detector import Detector, detector_class, finite_scores
+from cxrad.data import ImageSet, as_imageset
+from cxrad.detector import Detector, detector_class, finite_scores
 
 RULES = ("mean", "max")
 _IQR_TO_SD = 1.349  # the IQR of a standard normal distribution

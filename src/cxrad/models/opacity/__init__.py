@@ -1,4 +1,4 @@
 """Synthetic-opacity self-supervised segmenter (FPI / NSA-style blending in the lung field); see README.md."""
-from .detector import OpacityDetector
+from cxrad.models.opacity.detector import OpacityDetector
 
 __all__ = ["OpacityDetector"]

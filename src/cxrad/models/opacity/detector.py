@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...detector import TrainedDetector
-from ...training import fit_epochs, load_module, loss_step, map_batches
-from ..augment import jitter, normalise
-from ..dae.model import UNet
+from cxrad.detector import TrainedDetector
+from cxrad.training import fit_epochs, load_module, loss_step, map_batches
+from cxrad.models.augment import jitter, normalise
+from cxrad.models.dae.model import UNet
 
 #: where synthetic opacities are centred, as fractions of the side: the lung fields of a frontal film
 LUNG_BOX = (0.2, 0.8, 0.12, 0.88)  # rows from, to; columns from, to

@@ -1,4 +1,4 @@
 """Patch features of an in-domain encoder, modelled PatchCore- or PaDiM-style; see README.md."""
-from .detector import PatchCoreDetector
+from cxrad.models.patchcore.detector import PatchCoreDetector
 
 __all__ = ["PatchCoreDetector"]

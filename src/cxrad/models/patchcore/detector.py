@@ -8,12 +8,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...detector import TrainedDetector
-from ...errors import UserError
-from ...training import load_module, map_batches
-from ..augment import normalise
-from ..dae.detector import DAEDetector
-from ..dae.model import UNet
+from cxrad.detector import TrainedDetector
+from cxrad.errors import UserError
+from cxrad.training import load_module, map_batches
+from cxrad.models.augment import normalise
+from cxrad.models.dae.detector import DAEDetector
+from cxrad.models.dae.model import UNet
 
 METHODS = ("knn", "gaussian")
 SCORE_BOX = (0.1, 0.9)

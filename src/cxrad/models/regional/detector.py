@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...detector import Detector
-from ...training import map_batches
-from ..augment import normalise
-from .model import STATISTICS, RegionalStatistics
+from cxrad.detector import Detector
+from cxrad.training import map_batches
+from cxrad.models.augment import normalise
+from cxrad.models.regional.model import STATISTICS, RegionalStatistics
 
 
 @dataclass(repr=False, eq=False)
