@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrad.cli.common import parse_value as _parse_value
+from cxrad.frontends.cli.common import parse_value as _parse_value
 from cxrad.data import load_images
-from cxrad.models import detector_class
+from cxrad.detectors import detector_class
 from cxrad.evaluation import evaluate_model
-from cxrad.protocols import PROTOCOLS, load_protocol
+from cxrad.data.protocols import PROTOCOLS, load_protocol
 
 PAPER = "CAE paper (COVID-19, its own data): AUROC 0.672, recall 0.66"
 

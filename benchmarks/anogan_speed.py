@@ -18,7 +18,7 @@ import torch
 
 from cxrad.data import deduplicate, load_images
 from cxrad.demo import sample_manifest
-from cxrad.models.anogan import AnoGANDetector, FAnoGANDetector
+from cxrad.detectors.anogan import AnoGANDetector, FAnoGANDetector
 
 
 def device_name(device: torch.device) -> str:

@@ -7,7 +7,7 @@ Montgomery, adult TB screening; its training normals are ~190 films of held-out-
 - patch features of the model's encoder fitted on them, no training at all (``patchcore`` with
   ``backbone=MODEL``), 3 seeds (the coreset's random start);
 
-    python benchmarks/finetune.py --init src/cxrad/pretrained/dae-cxr-64 --epochs 60 --seeds 0 1 2
+    python benchmarks/finetune.py --init src/cxrad/bundles/pretrained/dae-cxr-64 --epochs 60 --seeds 0 1 2
 
 Writes benchmarks/results/finetune.md and finetune.jsonl (every run, appended as it ends; runs already
 in it are skipped, so a killed benchmark resumes).
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from cxrad.data import load_images
-from cxrad.metrics import evaluate
-from cxrad.models import PatchCoreDetector, load_detector
-from cxrad.protocols import load_protocol
+from cxrad.evaluation.metrics import evaluate
+from cxrad.detectors import PatchCoreDetector, load_detector
+from cxrad.data.protocols import load_protocol
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,7 +37,7 @@ def auroc(det, test) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--init", default="src/cxrad/pretrained/dae-cxr-64", help="the starting bundle")
+    ap.add_argument("--init", default="src/cxrad/bundles/pretrained/dae-cxr-64", help="the starting bundle")
     ap.add_argument("--epochs", type=int, default=60, help="epochs over the tb training normals")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cache-dir", default=".cache/cxrad")

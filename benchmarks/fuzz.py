@@ -37,7 +37,7 @@ def load_generator():
 
 
 def train_model(folder: Path, data: Path) -> Path:
-    from cxrad.models import DAEDetector
+    from cxrad.detectors import DAEDetector
 
     files = sorted(str(p) for p in (data / "kermany224" / "train" / "NORMAL").glob("*.jpeg"))[:40]
     det = DAEDetector(image_size=32, width=8, depth=2, epochs=1, batch_size=16, device="cpu", seed=0,

@@ -14,10 +14,10 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KernelDensity
 
 from cxrad.data import load_images
-from cxrad.metrics import evaluate
-from cxrad.models import CAEDetector
-from cxrad.models.cae.detector import BANDWIDTHS, kde_bandwidth
-from cxrad.protocols import load_protocol
+from cxrad.evaluation.metrics import evaluate
+from cxrad.detectors import CAEDetector
+from cxrad.detectors.cae.detector import BANDWIDTHS, kde_bandwidth
+from cxrad.data.protocols import load_protocol
 
 CACHE = ".cache/cxrad"
 

@@ -21,9 +21,9 @@ import torch
 import yaml
 
 from cxrad.data import load_images
-from cxrad.metrics import evaluate
-from cxrad.models import detector_class
-from cxrad.protocols import PROTOCOLS, load_protocol
+from cxrad.evaluation.metrics import evaluate
+from cxrad.detectors import detector_class
+from cxrad.data.protocols import PROTOCOLS, load_protocol
 
 HERE = Path(__file__).resolve().parent
 

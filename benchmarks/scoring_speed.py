@@ -131,7 +131,7 @@ def machine() -> dict:
 def stage_round(det, files: list[str], images: np.ndarray, scratch: Path, workers: int, tag: str) -> dict:
     """One interleaved round on one set: (a) reader alone, (b) model alone, (c) end to end cold then warm."""
     from cxrad.data import load_images
-    from cxrad.scoring import model_threads, score_to_files, torch_threads
+    from cxrad.serving.streaming import model_threads, score_to_files, torch_threads
 
     n, batch = len(files), 64
     chunks = [files[i:i + batch] for i in range(0, n, batch)]
@@ -188,10 +188,10 @@ def onnx_speed(det, images: np.ndarray, scratch: Path, repeats: int) -> dict | N
     try:
         import onnxruntime  # noqa: F401
 
-        from cxrad.export import OnnxScorer, export_onnx
+        from cxrad.serving.onnx_export import OnnxScorer, export_onnx
     except ImportError:
         return None
-    from cxrad.scoring import torch_threads
+    from cxrad.serving.streaming import torch_threads
     path, _ = export_onnx(det, scratch / "onnx")
     scorers = {1: OnnxScorer(path, threads=1), 0: OnnxScorer(path)}
     expected = det.score_arrays(images)["score"]
@@ -361,7 +361,8 @@ def main(argv=None) -> int:
     import torch
 
     from cxrad.data import load_images
-    from cxrad.pretrained import default_name, load_model
+    from cxrad.bundles import default_name
+    from cxrad.detectors import load_detector
 
     start = machine()
     det = load_model(None, device="cpu")

@@ -34,7 +34,7 @@ def cache_dir(tmp_path_factory) -> Path:
 def tiny_cae_bundle(tmp_path_factory, sample_manifest, cache_dir) -> Path:
     """A seed CAE at 32 px trained for 2 epochs on 60 bundled normal images, saved as a bundle."""
     from cxrad.data import load_images
-    from cxrad.models.cae import CAEDetector
+    from cxrad.detectors.cae import CAEDetector
 
     det = CAEDetector(image_size=32, epochs=2, seed=0, device="cpu", cache_dir=str(cache_dir))
     train = sample_manifest[(sample_manifest["orig_split"] == "train")].head(60)
@@ -46,7 +46,7 @@ def tiny_cae_bundle(tmp_path_factory, sample_manifest, cache_dir) -> Path:
 def small_sets(sample_manifest, cache_dir):
     """Bundled normal training images and labelled test images, loaded at 32 and 64 px."""
     from cxrad.data import load_images
-    from cxrad.io import Preprocessing
+    from cxrad.imaging import Preprocessing
     train = sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)].head(40)
     test = sample_manifest[sample_manifest["orig_split"] == "test"].groupby("label").head(6)
     return {s: (load_images(train, Preprocessing(s), cache_dir=cache_dir),
@@ -77,13 +77,13 @@ def tiny_model(tmp_path_factory, sample_manifest):
     """``tiny_model(kind)`` -> (fitted detector, its bundle folder): trained for an epoch at 32 px on 40
     bundled normal images, once per kind and session."""
     from cxrad.data import load_images
-    from cxrad.models import REGISTRY
+    from cxrad.detectors import discover
     from tiny_models import TINY_SETTINGS
     made = {}
 
     def make(kind: str):
         if kind not in made:
-            det = REGISTRY[kind](**TINY_SETTINGS[kind], seed=0, device="cpu", batch_size=16)
+            det = discover()[kind](**TINY_SETTINGS[kind], seed=0, device="cpu", batch_size=16)
             train = sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)]
             det.fit(load_images(train.head(40), det.prep))
             made[kind] = det, det.save(tmp_path_factory.mktemp("tiny") / kind)

@@ -1,5 +1,5 @@
-"""The shape of the package: imports point down the layers (wherever they sit, inside functions too) and no
-modules import each other in a circle. docs/architecture.md draws the same layers."""
+"""The shape of the package: the layers are folders, imports point down the layers (wherever they sit, inside
+functions too) and no modules import each other in a circle. docs/architecture.md draws the same layers."""
 from __future__ import annotations
 
 import ast
@@ -9,20 +9,21 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cxrad"
 
-# lowest first; a module may import its own layer and the layers below
+# lowest first; a module may import its own layer and the layers below. Each layer above the base is a folder.
 LAYERS = [
-    ["cxrad.version", "cxrad.errors", "cxrad.params"],
-    ["cxrad.files", "cxrad.io"],
-    ["cxrad.data", "cxrad.thresholds", "cxrad.metrics"],
-    ["cxrad.protocols", "cxrad.bundle", "cxrad.training"],
-    ["cxrad.detector"],
-    ["cxrad.models"],
-    ["cxrad.pretrained"],
-    ["cxrad.evaluation", "cxrad.scoring", "cxrad.ray_scoring", "cxrad.export"],
-    ["cxrad.report", "cxrad.app"],
-    ["cxrad.cli", "cxrad.__main__"],
+    ["cxrad.version", "cxrad.errors"],
+    ["cxrad.files"],
+    ["cxrad.imaging"],
+    ["cxrad.data"],
+    ["cxrad.training", "cxrad.bundles"],
+    ["cxrad.detectors"],
+    ["cxrad.evaluation", "cxrad.serving"],
+    ["cxrad.frontends"],
+    ["cxrad.__main__", "cxrad.models"],  # ``python -m cxrad``; the detectors' earlier import path
     ["cxrad"],  # the package root only re-exports, lazily
 ]
+#: single-file modules allowed at the top of the package; everything else lives in a layer folder
+TOP_MODULES = {"__init__.py", "__main__.py", "version.py", "errors.py", "files.py", "models.py"}
 
 
 def layer_of(module: str) -> int:
@@ -96,6 +97,20 @@ def test_no_import_cycles():
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
 
 
+def test_the_layers_are_folders_and_no_module_shadows_the_standard_library():
+    import sys
+    folders = {name.split(".")[1] for names in LAYERS for name in names if name.count(".") == 1
+               and (SRC / name.split(".")[1]).is_dir()}
+    for entry in SRC.iterdir():
+        if entry.is_dir() and (entry / "__init__.py").exists():
+            assert entry.name in folders, f"{entry.name}/ is a package but not a layer in LAYERS"
+        elif entry.suffix == ".py":
+            assert entry.name in TOP_MODULES, f"{entry.name} sits at the top of the package: put it in a layer folder"
+    shadowing = sorted(p.relative_to(SRC) for p in SRC.rglob("*.py")
+                       if p.stem in sys.stdlib_module_names and p.stem not in ("__init__", "__main__"))
+    assert not shadowing, f"modules named like standard-library modules: {shadowing}"
+
+
 def test_every_module_is_in_a_layer_and_the_doc_names_every_layer():
     doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
     for m in graph():
@@ -117,7 +132,7 @@ def test_the_wheel_ships_configs_samples_models_and_no_tb_image(tmp_path):
         pytest.skip("setuptools is not installed here to build the wheel")
     assert result.returncode == 0, result.stderr
     names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
-    assert {"cxrad/configs/anogan_tb.yaml", "cxrad/configs/fusion.yaml", "cxrad/samples/labels.csv",
-            "cxrad/pretrained/default.json"} <= set(names)
-    assert any(n.startswith("cxrad/pretrained/") and n.endswith(".safetensors") for n in names)
+    assert {"cxrad/frontends/cli/configs/anogan_tb.yaml", "cxrad/frontends/cli/configs/fusion.yaml", "cxrad/data/samples/labels.csv",
+            "cxrad/bundles/pretrained/default.json"} <= set(names)
+    assert any(n.startswith("cxrad/bundles/pretrained/") and n.endswith(".safetensors") for n in names)
     assert not any("tb_shenzhen" in n or "CHNCXR" in n or "MCUCXR" in n for n in names)

@@ -20,10 +20,10 @@ def test_gpu_recipe_runs_end_to_end_at_tiny_scale(tmp_path, shared_data):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = (tmp_path / "gpu" / "learning_curves.md").read_text()
-    assert "| samples | n seeds | val loss | kermany224 | tb | nih | covid | mean |" in table
+    assert "| samples | n seeds | val loss | kermany224 | tb | nih | nih14 | covid | mean |" in table
     assert "| 1,314 (min val) | 1 |" in table  # one epoch over the 1314 training images of the mix
     assert (tmp_path / "gpu" / "learning_curves.png").stat().st_size > 10_000
-    from cxrad.models import load_detector
+    from cxrad.detectors import load_detector
     det = load_detector(tmp_path / "gpu" / "run" / "dae32-gpu" / "seed0" / "bundle")
     assert det.image_size == 32 and det.width == 8 and det.batch_size == 16 and det.training_finished_
     assert "finished in" in (tmp_path / "gpu" / "log.txt").read_text()

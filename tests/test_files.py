@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from cxrad import files
-from cxrad.files import UnsafeFileError, atomic_write_bytes, folder_lock, read_regular_file, \
-    remove_stale_temporaries
+from cxrad.files import UnsafeFileError, atomic_write_bytes, folder_lock, read_regular_file, remove_stale_temporaries
 from hostile_files import finishes, special_file
 
 

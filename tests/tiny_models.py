@@ -8,18 +8,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CXRAD_DATA", ROOT.parent / "shared" / "data"))
 _TRAINED: dict[str, Path] = {}
-# the smallest settings of each kind that still train a real network (a couple of epochs at 32 px)
-TINY_SETTINGS = {
-    "cae": {"image_size": 32, "epochs": 1, "latent_dim": 16},
-    "dae": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3},
-    "aeu": {"image_size": 32, "epochs": 1, "width": 4, "hidden": 32},
-    "regional": {"image_size": 32},
-    "anogan": {"image_size": 32, "epochs": 1, "width": 8, "z_dim": 8, "map_iters": 3},
-    "fanogan": {"image_size": 32, "epochs": 1, "width": 8, "z_dim": 8},
-    "fusion": {"image_size": 32, "epochs": 1, "member_params": {"dae": {"width": 8, "depth": 3, "image_size": 32}}},
-    "patchcore": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3},
-    "opacity": {"image_size": 32, "epochs": 1, "width": 8, "depth": 3},
-}
+
+
+def tiny_settings() -> dict[str, dict]:
+    """Each registered detector's own ``tiny`` settings (a few seconds of training at 32 px)."""
+    from cxrad.detectors import discover
+    return {kind: dict(cls.tiny) for kind, cls in sorted(discover().items())}
+
+
+TINY_SETTINGS = tiny_settings()
 
 
 def normal_images(n: int = 40) -> list[str]:
@@ -34,7 +31,7 @@ def normal_images(n: int = 40) -> list[str]:
 def tiny_dae(tmp_path_factory) -> Path:
     """A DAE bundle at 32 px (width 8, depth 2), one epoch on 40 normal images: trains in seconds."""
     if "dae" not in _TRAINED:
-        from cxrad.models import DAEDetector
+        from cxrad.detectors import DAEDetector
 
         root = tmp_path_factory.mktemp("tiny_dae")
         det = DAEDetector(image_size=32, width=8, depth=2, epochs=1, batch_size=16, device="cpu", seed=0,

@@ -6,7 +6,7 @@ protocol (kermany224 train normals + the nih_cxr14_talo train normals), never an
 import sys
 from pathlib import Path
 
-from cxrad.protocols import load_protocol
+from cxrad.data.protocols import load_protocol
 
 out = Path(sys.argv[1])
 train = load_protocol("covid").train

@@ -1,6 +1,6 @@
 """Copy the small bundled sample set out of ../shared/data (CC BY / unrestricted sets only, never TB).
 
-    python tools/make_samples.py ../shared/data src/cxrad/samples
+    python tools/make_samples.py ../shared/data src/cxrad/data/samples
 """
 import shutil
 import sys

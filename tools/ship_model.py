@@ -4,7 +4,7 @@ into the package as a shipped model.
     python tools/ship_model.py runs/pretrained/dae-cxr-64 dae-cxr-64 --default \
         --command "cxrad train --data runs/default_train.csv --detector dae ..."
     python tools/ship_model.py runs/fusion-mix fusion --evaluate-only    # a candidate's AUROCs, nothing shipped
-    python tools/ship_model.py --upgrade src/cxrad/pretrained/dae-cxr-64  # a format-1 bundle: add its checksum
+    python tools/ship_model.py --upgrade src/cxrad/bundles/pretrained/dae-cxr-64  # a format-1 bundle: add its checksum
 
 The bundle must have been trained on `tools/default_training_manifest.py`'s images (kermany224 train normals
 + nih_cxr14_talo train normals): every test split below is then disjoint from its training images, and
@@ -17,12 +17,12 @@ import json
 import shutil
 from pathlib import Path
 
-from cxrad.bundle import read_meta
+from cxrad.bundles import read_meta
 from cxrad.evaluation import evaluate_model
 from cxrad.files import atomic_write_text
-from cxrad.models import load_detector
-from cxrad.pretrained import PRETRAINED_DIR
-from cxrad.protocols import PROTOCOLS, load_protocol
+from cxrad.detectors import load_detector
+from cxrad.bundles import PRETRAINED_DIR
+from cxrad.data.protocols import PROTOCOLS, load_protocol
 
 DISCLAIMER = ("**A research tool, not a diagnostic device.** It has not been validated for clinical use; "
               "its verdicts must not guide the care of any patient.")

@@ -1,0 +1,533 @@
+"""The estimator contract every cxrad detector follows (scikit-learn / PyOD style).
+
+    det = DAEDetector(epochs=50).fit(normal_images)   # holds out normal validation images by patient
+    table = det.score(images_or_paths)                 # one row per image; higher score = more anomalous
+    table, pictures = det.explain(images)              # the same, with maps, reconstructions, features
+    det.decision_function(images)                      # the score column alone
+    det.set_operating_point(operating_point(det, "crossing", labelled=val))   # the one way to move the threshold
+    det.predict(images)                                # 1 anomalous, 0 normal, NaN unreadable (no verdict)
+    det.save("model/"); DAEDetector.load("model/")
+
+Detectors are dataclasses, so every setting is an explicit ``__init__`` argument and ``get_params``,
+``set_params`` and ``sklearn.base.clone`` work; settings are checked at ``fit`` (and when a bundle is loaded), as
+scikit-learn does. Fitted state ends in ``_``. A subclass names its ``kind`` (which registers it), declares
+``tiny`` settings (the registry's tests train it with them) and implements the hooks at the bottom.
+"""
+from __future__ import annotations
+
+import re
+import types
+import typing
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrad.bundles import read_bundle, resolve, write_bundle
+from cxrad.data import DataError, ImageSet, as_imageset, fingerprint, hold_out_normals, with_labels
+import cxrad.detectors.thresholds as th
+from cxrad.detectors.chunks import PICTURES, graph_inputs, is_picture
+from cxrad.detectors.graph import ScoringGraph, combine_arrays, graph_device, named, run_graph
+from cxrad.detectors.params import ParamsMixin
+from cxrad.detectors.registry import REGISTRY
+from cxrad.detectors.results import score_table
+from cxrad.errors import BundleError, NotFittedError
+from cxrad.imaging import Preprocessing
+from cxrad.training import TrainConfig, load_module, resolve_device, run_key, wrap_ddp
+
+#: settings that change how a run executes, not what it learns: left out of bundles and run keys
+RUNTIME_PARAMS = frozenset({"device", "progress", "checkpoint_dir", "cache_dir", "max_minutes",
+                            "checkpoint_minutes", "snapshot_every", "warm_start"})
+
+
+@dataclass(repr=False, eq=False)
+class Detector(ParamsMixin):
+    """Settings every detector has.
+
+    Parameters
+    ----------
+    image_size : int
+        Square input side in pixels.
+    resize : str
+        'stretch' to a square (as the seed CAE did) or 'pad' to keep the aspect ratio.
+    seed : int
+        Seed of the weights, the shuffling and the validation hold-out.
+    val_fraction : float
+        Share of the normal images (whole patients) held out to learn the normal score distribution.
+    specificity : float
+        Target specificity of the label-free quantile threshold.
+    batch_size : int
+        Images per training batch.
+    device : str
+        auto (CUDA if available), cpu or cuda[:N].
+    progress : bool
+        Show progress bars.
+    cache_dir : str
+        Preprocessing cache used when inputs are given as paths (None: no cache).
+    """
+
+    kind: ClassVar[str] = ""
+    #: per-image score components besides ``score``, for tables and reports
+    components: ClassVar[tuple[str, ...]] = ()
+    #: components where a *lower* value is more anomalous (e.g. a log-density)
+    lower_is_anomalous: ClassVar[tuple[str, ...]] = ()
+    #: whether ``fit_arrays`` takes ``sample_weight`` (a manifest's sampling weights)
+    supports_sample_weight: ClassVar[bool] = False
+    #: the smallest settings that still train a real model (a few seconds at 32 px): the registry's tests use them
+    tiny: ClassVar[dict] = {}
+    #: what ``weights``/``restore`` keep: fitted torch modules (attribute -> key prefix; ``networks`` builds them)
+    #: and fitted arrays (attribute -> key)
+    fitted_modules: ClassVar[dict[str, str]] = {}
+    fitted_arrays: ClassVar[dict[str, str]] = {}
+    #: allowed values of string settings, and (low, high) bounds of numeric ones, checked by ``check_settings``
+    choices: ClassVar[dict[str, tuple]] = {"resize": ("stretch", "pad")}
+    bounds: ClassVar[dict[str, tuple]] = {"image_size": (8, 2048), "val_fraction": (0.0, 1.0),
+                                          "specificity": (0.0, 1.0), "batch_size": (1, 2**16)}
+
+    image_size: int = 128
+    resize: str = "stretch"
+    seed: int = 0
+    val_fraction: float = 0.1
+    specificity: float = 0.95
+    batch_size: int = 32
+    device: str = "auto"
+    progress: bool = False
+    cache_dir: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("kind"):
+            REGISTRY[cls.kind] = cls
+
+    @property
+    def prep(self) -> Preprocessing:
+        return Preprocessing(self.image_size, self.resize)
+
+    # -------------------------------------------------------------------------------------------- settings
+    @classmethod
+    def settings(cls) -> list[dict]:
+        """Each setting's name, type, default and help line (from the signature and the class docstrings)."""
+        import inspect
+        helps: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            helps.update(_parameter_help(klass.__doc__ or ""))
+        sig = inspect.signature(cls.__init__)
+        return [{"name": p.name, "type": _type_name(p.annotation), "default": p.default,
+                 "help": helps.get(p.name, "")} for p in sig.parameters.values() if p.name != "self"]
+
+    @classmethod
+    def unknown_settings(cls, params: dict) -> list[str]:
+        """The names in ``params`` that are not settings of this detector."""
+        return sorted(set(params) - {s["name"] for s in cls.settings()})
+
+    def check_settings(self) -> "Detector":
+        """Raise ValueError naming the first setting whose value has the wrong type, is not one of its choices or
+        is out of bounds. ``fit`` and ``load`` call it; so does the CLI, before reading any image."""
+        hints = typing.get_type_hints(type(self))
+        for name in self._get_param_names():
+            value = getattr(self, name)
+            want = _allowed_types(hints.get(name))
+            if want and (not isinstance(value, want) or (isinstance(value, bool) and bool not in want)):
+                names = " or ".join(sorted({t.__name__ if t is not type(None) else "None" for t in want}))
+                raise ValueError(f"setting {name} must be {names}, not {value!r} ({type(value).__name__})")
+            if name in self.choices and value is not None and value not in self.choices[name]:
+                raise ValueError(f"setting {name} must be one of {', '.join(map(str, self.choices[name]))}, "
+                                 f"not {value!r}")
+            lo, hi = self.bounds.get(name, (None, None))
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                    not np.isfinite(value) or lo is not None and value < lo or hi is not None and value > hi):
+                raise ValueError(f"setting {name} must be between {lo} and {hi}, not {value!r}")
+        return self
+
+    # ------------------------------------------------------------------------------------------- fit
+    def fit(self, X, y=None, val=None, sample_weight=None) -> "Detector":
+        """Train on the normal images of ``X`` (rows labelled abnormal, in its manifest or ``y``, are left
+        out). Without ``val``, a patient-level ``val_fraction`` of the normals is held out to learn the normal
+        score distribution and the label-free threshold. ``sample_weight`` (or a manifest's ``sample_weight``
+        column) sets how often each image is drawn in training, for detectors that take weights."""
+        self.check_settings()
+        if sample_weight is not None:
+            X = _with_column(X, "sample_weight", sample_weight)
+        images = as_imageset(X if y is None else with_labels(X, y), self.prep, self.cache_dir, self.progress)
+        if len(images) == 0:
+            raise DataError("the training set is empty (no readable images)")
+        normal = images.subset(images.labels == 0)
+        if len(normal) == 0:
+            raise DataError("the training set has no normal images; detectors learn from normal images only")
+        if val is None:
+            train, val = hold_out_normals(normal, self.val_fraction, self.seed)
+        else:
+            train, val = normal, as_imageset(val, self.prep, self.cache_dir)
+            val = val.subset(val.labels == 0)
+        if len(val) < 2:
+            raise DataError("need at least 2 normal validation images")
+        if len(train) == 0:
+            raise DataError("no normal training images are left after holding out the validation ones")
+        weighting = {}
+        if "sample_weight" in train.frame:
+            if not self.supports_sample_weight:
+                raise DataError(f"the {self.kind} detector does not take sampling weights (a sample_weight column)")
+            weighting["sample_weight"] = train.frame["sample_weight"].to_numpy(np.float64)
+        self.history_ = {}
+        self.fit_arrays(np.asarray(train.images), np.asarray(val.images), **weighting)
+        self.n_train_, self.n_val_ = len(train), len(val)
+        self.train_fingerprint_ = fingerprint(train)
+        self.train_hashes_ = _short_hashes(train)
+        # the held-out normals are measured once: the calibration and the thresholds both come from that pass
+        raw = self._run(np.asarray(val.images), raw=True)
+        self.calibrate_outputs(raw)
+        val_scores = finite_scores(combine_arrays(self.scoring_graph(), raw)["score"], "normal validation")
+        self.normal_scores_ = np.sort(val_scores)
+        self.thresholds_ = {"quantile": th.quantile_threshold(val_scores, self.specificity)}
+        self.threshold_rule_ = "quantile"
+        return self
+
+    # ------------------------------------------------------------------------------------- operating point
+    @property
+    def threshold_(self) -> float:
+        """The active threshold: ``thresholds_[threshold_rule_]``."""
+        try:
+            return self.thresholds_[self.threshold_rule_]
+        except (AttributeError, KeyError):
+            raise AttributeError("threshold_") from None
+
+    def set_operating_point(self, point: th.OperatingPoint) -> float:
+        """Make ``point`` (from ``thresholds.operating_point``) the active threshold; it is stored under its rule."""
+        self._check_fitted()
+        self.thresholds_[point.rule] = float(point.threshold)
+        self.threshold_rule_ = point.rule
+        return float(point.threshold)
+
+    # ----------------------------------------------------------------------------------------- score
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "thresholds_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted; call fit() or load() first")
+
+    def _run(self, images: np.ndarray, keep=None, raw: bool = False) -> dict[str, np.ndarray]:
+        """The scoring graph over uint8 images at the model's size: every output (or those in ``keep``)."""
+        graph = self.scoring_graph()
+        inputs = graph_inputs(np.asarray(images), self.input_specs())
+        return run_graph(graph.measure if raw else named(graph), inputs, graph_device(graph), keep)
+
+    def input_specs(self) -> list[dict]:
+        """The scoring graph's inputs: uint8 images at the model's size (a fusion adds its members' sizes)."""
+        return [{"name": "images", "size": int(self.image_size), "resize": self.resize}]
+
+    def score_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """``score`` and every component for uint8 images (N, S, S) at the model's size."""
+        self._check_fitted()
+        return self._run(images, keep=("score", *self.components))
+
+    def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Everything the scoring graph gives for uint8 images at the model's size, from one forward pass:
+        the scores, and ``map``, ``recon`` and ``features`` where the detector has them."""
+        self._check_fitted()
+        return self._run(images)
+
+    def score(self, X) -> pd.DataFrame:
+        """Per-image table: the manifest columns, each component, ``score`` (higher = more anomalous),
+        ``percentile`` among held-out normal scores, ``anomalous`` at the active threshold, and ``error``
+        (empty when scored). Unreadable inputs are error rows whose score and verdict are empty; rows keep the
+        order of the input."""
+        return self.explain(X, pictures=())[0]
+
+    def explain(self, X, pictures=PICTURES) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+        """``score``'s table and, from the same forward pass, the ``pictures`` the detector has among ``map``,
+        ``recon`` and ``features``, for its scored rows (in the table's order, error rows left out)."""
+        self._check_fitted()
+        images = as_imageset(X, self.prep, self.cache_dir, self.progress)
+        keep = ("score", *self.components, *pictures)
+        out = self._run(np.asarray(images.images), keep=keep) if len(images) else \
+            {k: np.zeros(0) for k in ("score", *self.components)}
+        table = score_table(images, out, self.components, self.normal_scores_, self.threshold_)
+        return table, {k: v for k, v in out.items() if is_picture(k)}
+
+    def decision_function(self, X) -> np.ndarray:
+        """The anomaly score of each input (NaN for unreadable ones), in input order."""
+        return self.score(X)["score"].to_numpy(float)
+
+    def predict(self, X) -> np.ndarray:
+        """1.0 anomalous, 0.0 normal, NaN for inputs that could not be scored (they get no verdict)."""
+        table = self.score(X)
+        return table["anomalous"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
+
+    # ------------------------------------------------------------------------------------ persistence
+    def learned_params(self) -> dict:
+        """The settings that define what was learned (runtime settings left out)."""
+        return {k: v for k, v in self.get_params(deep=False).items() if k not in RUNTIME_PARAMS}
+
+    def save(self, path):
+        """Write the fitted detector as a bundle folder (all-or-nothing, weights checksummed)."""
+        self._check_fitted()
+        meta = {
+            "params": self.learned_params(),
+            "preprocessing": self.prep.to_dict(),
+            "thresholds": self.thresholds_, "threshold_rule": self.threshold_rule_, "threshold": self.threshold_,
+            "history": self.history_,
+            "training_data": {"fingerprint": self.train_fingerprint_, "n_train": self.n_train_,
+                              "n_val": self.n_val_, "image_sha256_prefixes": getattr(self, "train_hashes_", None)},
+            "architecture": self.architecture(),
+            # held-out normal scores: every scored image's percentile is taken among them
+            "normal_scores": [float(v) for v in self.normal_scores_],
+            "state": self.state(),
+        }
+        return write_bundle(path, self.kind, meta, {f"model.{k}": v for k, v in self.weights().items()})
+
+    @classmethod
+    def load(cls, path, device: str = "auto", allow_unverified: bool = False) -> "Detector":
+        """A saved detector from a bundle folder or the name of a model shipped with cxrad. Format-1 bundles
+        (no weights checksum) load only with ``allow_unverified``, to be upgraded."""
+        resolve_device(device)  # an unavailable device is the user's error, not a broken bundle
+        path = resolve(path)
+        doc, tensors = read_bundle(path, allow_unverified=allow_unverified)
+        if doc.get("kind") != cls.kind:
+            raise BundleError(f"{path}: holds a {doc.get('kind')!r} model, not a {cls.kind!r} one")
+        det = cls.from_document(doc, device, where=str(path))
+        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            det.restore(model, doc.get("state") or {})
+            det.scoring_graph()  # everything the model needs is there
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BundleError(f"{path}: weights do not fit a {cls.kind} of this architecture/size ({first})") \
+                from None
+        return det
+
+    @classmethod
+    def from_document(cls, doc: dict, device: str = "auto", where: str = "bundle") -> "Detector":
+        """An unweighted detector with a bundle document's settings, thresholds and normal scores."""
+        params = doc.get("params")
+        if not isinstance(params, dict):
+            raise BundleError(f"{where}: malformed model.json (params must be a mapping)")
+        params = dict(params)
+        unknown = cls.unknown_settings(params)
+        if unknown:
+            raise BundleError(f"{where}: settings {unknown} are unknown to this cxrad's {cls.kind}")
+        defaults = {s["name"]: s["default"] for s in cls.settings()}
+        for k, v in params.items():  # JSON has no tuples: give tuple-valued settings their type back
+            if isinstance(defaults.get(k), tuple) and isinstance(v, list):
+                params[k] = tuple(v)
+        try:
+            det = cls(**params, device=device).check_settings()
+            if Preprocessing(**doc["preprocessing"]) != det.prep:
+                raise BundleError(f"{where}: preprocessing {doc['preprocessing']} does not match the model's "
+                                  f"input ({det.prep.to_dict()})")
+            det.thresholds_ = {str(k): float(v) for k, v in doc["thresholds"].items()}
+            det.threshold_rule_ = str(doc["threshold_rule"])
+            if det.threshold_rule_ not in det.thresholds_ or det.threshold_ != float(doc["threshold"]):
+                raise BundleError(f"{where}: the active threshold is not one of the stored ones")
+            det.history_ = doc.get("history", {})
+            td = doc.get("training_data") or {}
+            det.train_fingerprint_, det.n_train_, det.n_val_ = td.get("fingerprint"), td.get("n_train"), \
+                td.get("n_val")
+            det.train_hashes_ = td.get("image_sha256_prefixes")
+            det.normal_scores_ = np.sort(np.asarray(doc["normal_scores"], dtype=np.float64))
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{where}: malformed model.json ({type(exc).__name__}: {exc})") from None
+        values = list(det.thresholds_.values())
+        if not np.all(np.isfinite(values)) or det.normal_scores_.ndim != 1 or det.normal_scores_.size < 2 or \
+                not np.all(np.isfinite(det.normal_scores_)):
+            raise BundleError(f"{where}: thresholds and normal scores must be finite numbers (at least 2 scores)")
+        return det
+
+    # -------------------------------------------------------------------------------- subclass hooks
+    def fit_arrays(self, train: np.ndarray, val: np.ndarray, sample_weight=None) -> None:
+        """Learn from uint8 normal images (N, H, W) at the model's size; ``val`` is held out (for validation
+        losses). ``sample_weight`` is passed only to detectors with ``supports_sample_weight``."""
+        raise NotImplementedError
+
+    def scoring_graph(self) -> ScoringGraph:
+        """The fitted model's scoring as one torch module (see ``cxrad.detectors.graph``)."""
+        raise NotImplementedError
+
+    def calibrate_outputs(self, raw: dict[str, np.ndarray]) -> None:
+        """Learn from the held-out normals' raw outputs how ``combine`` makes the score (most detectors: nothing)."""
+
+    def networks(self) -> dict:
+        """A builder (no arguments -> an unweighted module) for each of ``fitted_modules``."""
+        return {}
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The fitted modules' and arrays' tensors, for the bundle's safetensors file."""
+        tensors = {prefix + k: v for attr, prefix in self.fitted_modules.items()
+                   for k, v in getattr(self, attr).state_dict().items()}
+        tensors.update({key: torch.from_numpy(np.ascontiguousarray(getattr(self, attr)))
+                        for attr, key in self.fitted_arrays.items() if getattr(self, attr, None) is not None})
+        return tensors
+
+    def state(self) -> dict:
+        """Fitted values other than arrays (JSON), for the bundle's model.json."""
+        return {}
+
+    def restore(self, weights: dict[str, torch.Tensor], state: dict) -> None:
+        """Rebuild the fitted model from ``weights()`` and ``state()`` of a saved detector: each fitted module is
+        built on the meta device and filled (strictly) from its weights, so settings that would build a huge
+        network cannot allocate more than the size-capped weights file holds."""
+        builders = self.networks()
+        for attr, prefix in self.fitted_modules.items():
+            mine = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix) and
+                    k not in self.fitted_arrays.values()}
+            setattr(self, attr, load_module(builders[attr], mine, self.device))
+        for attr, key in self.fitted_arrays.items():
+            if key in weights:
+                setattr(self, attr, weights[key].numpy())
+
+    def architecture(self) -> dict:
+        """What the weights are (written to model.json for people and tools; loading checks the weights)."""
+        return {"detector": type(self).__name__, "input_size": [self.image_size, self.image_size]}
+
+
+@dataclass(repr=False, eq=False)
+class TrainedDetector(Detector):
+    """Settings of detectors trained by gradient descent (through ``cxrad.training.fit_epochs``).
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the training images.
+    lr : float
+        Learning rate.
+    checkpoint_dir : str
+        Folder for the resumable training state (None: no checkpoints).
+    checkpoint_minutes : float
+        Minutes between checkpoints (written at the next epoch end).
+    max_minutes : float
+        Stop at the first epoch end after this many minutes; fitting again with the same checkpoint_dir continues.
+    warm_start : bool
+        Start from the current (fitted or loaded) weights instead of new ones: fine-tuning.
+    snapshot_every : int
+        Also keep the weights every this many training samples, in checkpoint_dir/snapshots (learning curves).
+    """
+
+    #: whether ``warm_start`` (fine-tuning from saved weights, ``cxrad train --init``) is implemented
+    supports_warm_start: ClassVar[bool] = True
+    fitted_modules: ClassVar[dict[str, str]] = {"model_": ""}
+    bounds: ClassVar[dict[str, tuple]] = {**Detector.bounds, "epochs": (1, 10**7), "lr": (0.0, 10.0),
+                                          "checkpoint_minutes": (0.0, 10**6), "max_minutes": (0.0, 10**7),
+                                          "snapshot_every": (1, 10**12)}
+
+    epochs: int = 50
+    lr: float = 1e-3
+    checkpoint_dir: str | None = None
+    checkpoint_minutes: float = 5.0
+    max_minutes: float | None = None
+    warm_start: bool = False
+    snapshot_every: int | None = None
+
+    def train_config(self, train: np.ndarray, val: np.ndarray, desc: str, sample_weight=None,
+                     **settings) -> TrainConfig:
+        """The loop's settings for this detector; the run key ties checkpoints to the data (and its sampling
+        weights), the learned settings (less ``epochs``, so a finished run can be extended) and the starting
+        weights."""
+        start = self.weights() if self.warm_start and hasattr(self, "thresholds_") else {}
+        key = run_key(train, val, {k: v for k, v in self.learned_params().items() if k != "epochs"}, start,
+                      sample_weight)
+        cfg = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
+               "device": self.device, "checkpoint_dir": self.checkpoint_dir,
+               "checkpoint_minutes": self.checkpoint_minutes, "max_minutes": self.max_minutes,
+               "snapshot_every": self.snapshot_every, "progress": self.progress, "desc": desc, "key": key}
+        return TrainConfig(**{**cfg, **settings})
+
+    def networks(self) -> dict:
+        return {"model_": self.network}
+
+    def start_network(self, network):
+        """The network to train, on the device: the fitted one when warm-starting, else ``network()`` with
+        weights drawn from ``seed``; and the same wrapped for data-parallel training under torchrun."""
+        device = resolve_device(self.device)
+        torch.manual_seed(self.seed)
+        fitted = getattr(self, "model_", None) if self.warm_start and hasattr(self, "thresholds_") else None
+        model = (fitted if fitted is not None else network()).to(device)
+        return model, wrap_ddp(model, device), device
+
+    def record(self, result) -> None:
+        """Keep the loop's history, and whether a time box stopped it before the last epoch."""
+        self.history_ = {**getattr(self, "history_", {}), **result.history}
+        self.epochs_done_, self.training_finished_ = result.epochs_done, result.finished
+
+    def state(self) -> dict:
+        return {"epochs_done": getattr(self, "epochs_done_", self.epochs),
+                "training_finished": bool(getattr(self, "training_finished_", True))}
+
+    @classmethod
+    def from_document(cls, doc: dict, device: str = "auto", where: str = "bundle") -> "Detector":
+        det = super().from_document(doc, device, where)
+        state = doc.get("state") if isinstance(doc.get("state"), dict) else {}
+        det.epochs_done_ = state.get("epochs_done", det.epochs)
+        det.training_finished_ = bool(state.get("training_finished", True))
+        return det
+
+
+def finite_scores(scores, what: str, minimum: int = 2) -> np.ndarray:
+    """Drop scores that diverged (NaN/inf, e.g. a latent mapping that blew up) before setting thresholds."""
+    scores = np.asarray(scores, dtype=np.float64)
+    ok = np.isfinite(scores)
+    if not ok.all():
+        warnings.warn(f"{int((~ok).sum())} {what} image(s) got a non-finite score and were left out of the "
+                      "thresholds", RuntimeWarning, stacklevel=3)
+    if ok.sum() < minimum:
+        raise DataError(f"only {int(ok.sum())} {what} image(s) have a finite score; need at least {minimum}")
+    return scores[ok]
+
+
+def _with_column(X, name: str, values):
+    """``X`` (a manifest, paths or an ImageSet) with one more manifest column, row by row."""
+    values = np.asarray(values, np.float64).ravel()
+    if isinstance(X, ImageSet):
+        if len(X.errors) or len(X) != len(values):
+            raise ValueError(f"{name} cannot be matched to this ImageSet's rows; give it in its manifest")
+        return ImageSet(X.images, X.frame.assign(**{name: values}), X.prep, X.errors)
+    if isinstance(X, (str, list, tuple)) or hasattr(X, "__fspath__"):
+        X = pd.DataFrame({"path": [str(p) for p in ([X] if isinstance(X, str) or hasattr(X, "__fspath__") else X)],
+                          "label": 0})
+    elif not isinstance(X, pd.DataFrame):
+        arr = np.asarray(X)
+        return _with_column(ImageSet.from_arrays(arr[None] if arr.ndim == 2 else arr), name, values)
+    if len(X) != len(values):
+        raise ValueError(f"{len(X)} images but {len(values)} values of {name}")
+    return X.assign(**{name: values})
+
+
+def _short_hashes(images: ImageSet) -> list[str] | None:
+    """The first 16 hex digits of each training file's SHA-256 (sorted), kept in the bundle so that an
+    evaluation on the same files can be warned about; None when the images came as arrays."""
+    if "sha256" not in images.frame or (images.frame["sha256"] == "").any():
+        return None
+    return sorted({str(h)[:16] for h in images.frame["sha256"]})
+
+
+def _allowed_types(annotation) -> tuple:
+    """The runtime types a setting's annotation admits (int also passes where a float is wanted)."""
+    if annotation is None:
+        return ()
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for a in typing.get_args(annotation) for t in _allowed_types(a))
+    base = origin or annotation
+    if base is float:
+        return (float, int)
+    if base in (tuple, list):
+        return (tuple, list)
+    if base is type(None):
+        return (type(None),)
+    return (base,) if isinstance(base, type) else ()
+
+
+def _parameter_help(doc: str) -> dict[str, str]:
+    """numpydoc 'Parameters' entries: 'name : type' followed by an indented help line."""
+    section = re.split(r"\n\s*Parameters\s*\n\s*-+\s*\n", doc, maxsplit=1)
+    if len(section) < 2:
+        return {}
+    out = {}
+    for m in re.finditer(r"^\s*(\w+) : [^\n]*\n\s+(.+)$", section[1], re.MULTILINE):
+        out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _type_name(annotation) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))

@@ -1,0 +1,37 @@
+"""``cxrad app``: the screening dashboard on localhost."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+from cxrad.frontends.app.launch import DEFAULT_MAX_UPLOAD_MB
+from cxrad.errors import UserError
+
+
+def add_parser(sub, argv=None) -> None:
+    p = sub.add_parser("app", help="start the screening dashboard (Streamlit) on localhost",
+                       description="Start the screening dashboard on http://127.0.0.1:PORT: upload PNG, JPEG or "
+                       "DICOM chest X-rays and get a verdict, score, percentile among normal images, anomaly "
+                       "heatmap and reconstruction. A research tool, not a diagnostic device.")
+    p.set_defaults(_subparser=p, func=run)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--model", default=None, help="model bundle folder or shipped model name preselected in the "
+                   "page (default: the shipped default model)")
+    p.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default 8501)")
+    p.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB,
+                   help=f"largest file accepted, in MB (default {DEFAULT_MAX_UPLOAD_MB})")
+
+
+def run(args) -> int:
+    from cxrad.frontends.app.launch import serve
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise UserError("the dashboard needs Streamlit: pip install 'cxrad[app]'")
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535, not {args.port}")
+    if not 1 <= args.max_upload_mb <= 1024:
+        raise UserError(f"--max-upload-mb must be between 1 and 1024, not {args.max_upload_mb}")
+    if args.model is not None:
+        from cxrad.bundles import resolve
+        resolve(args.model)  # a wrong path fails here with a clear message, not later in the browser
+    return serve(args.port, args.max_upload_mb, args.model)

@@ -1,0 +1,32 @@
+"""``cxrad evaluate``: every metric of a model on a labelled dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cxrad.errors import UserError
+from cxrad.frontends.cli.common import (EXIT_OK, EXIT_SOME_FAILED, add_common, add_model_flags, apply_operating_point,
+                                        cache_dir, open_manifest)
+
+
+def add_parser(sub, argv=None) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a model on a labelled dataset",
+                       description="Score a labelled dataset and report AUROC (bootstrap 95% CI), AUPRC, "
+                       "sensitivity, specificity, precision, F1, accuracy and the confusion matrix at the "
+                       "model's threshold, per source and per finding, and the per-class component means.")
+    add_common(p)
+    add_model_flags(p, out_help="folder for scores.csv/jsonl, metrics.json and the breakdown tables")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from cxrad.evaluation import evaluate_model, format_metrics
+    from cxrad.detectors import load_detector
+
+    if not args.data:
+        raise UserError("--data is required (or give 'data:' in --config)")
+    det = load_detector(args.model, args.device)
+    apply_operating_point(det, args)
+    result = evaluate_model(det, open_manifest(args), Path(args.out) if args.out else None, cache_dir(args),
+                            not args.quiet)
+    print(format_metrics(result))
+    return EXIT_SOME_FAILED if result["n_errors"] else EXIT_OK

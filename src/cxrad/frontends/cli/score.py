@@ -1,0 +1,104 @@
+"""``cxrad score``: score image files with a trained model, streaming results to disk."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from cxrad.errors import UserError
+from cxrad.frontends.cli.common import (EXIT_OK, EXIT_SOME_FAILED, add_common, add_model_flags, apply_operating_point,
+                                        cache_dir, print_table)
+
+
+def add_parser(sub, argv=None) -> None:
+    p = sub.add_parser("score", help="score image files with a trained model",
+                       description="Score PNG/JPEG/DICOM files or folders (DICOM files without an extension are "
+                       "recognised by their preamble). One row per file: score (higher = more anomalous), "
+                       "components, percentile among held-out normal images, verdict. An unreadable file gets "
+                       "an error row with the reason and no verdict; exit code 3 if any failed. With --out, rows "
+                       "are appended to OUT/scores.csv and OUT/scores.jsonl as they are scored. With --engine ray, "
+                       "a Ray cluster scores them (docs/scale.md): shards OUT/scores-00000.csv/.jsonl, then the "
+                       "merged OUT/scores.csv/.jsonl.")
+    add_common(p, data=False)
+    p.add_argument("images", nargs="*", help="image files or folders")
+    p.add_argument("--files-from", metavar="LIST", help="also score the files named in LIST: a text file (one path "
+                   "a line) or a CSV with a path (or file) column; relative paths are read from LIST's folder")
+    add_model_flags(p, out_help="folder for scores.csv and scores.jsonl (written as scoring proceeds), and "
+                    "ignored.csv (files of scanned folders that are not images)")
+    p.add_argument("--resume", action="store_true", help="skip files already in OUT/scores.csv")
+    p.add_argument("--batch-size", type=int, default=64, help="images decoded and scored together (64)")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads (2)")
+    p.add_argument("--threads", type=int, default=None, help="the model's threads (default: the CPU cores left "
+                   "after --workers, at least 1)")
+    p.add_argument("--json", action="store_true", help="print JSON Lines (one object per file, as each batch "
+                   "is scored) instead of a table")
+    ray = p.add_argument_group("Ray engine (pip install 'cxrad[ray]')")
+    ray.add_argument("--engine", default="local", choices=["local", "ray"], help="local: this process (default); "
+                     "ray: a pool of Ray actors, one CPU each, the model loaded once per actor")
+    ray.add_argument("--address", help="Ray cluster to use: 'auto' (the cluster this machine is part of), "
+                     "'ray://HOST:10001', or HOST:6379 (default: start a local Ray)")
+    ray.add_argument("--actors", type=int, help="scoring actors (default: one per CPU of the cluster)")
+    ray.add_argument("--shard-size", type=int, default=10_000, help="files per output shard (10000); --resume "
+                     "skips the shards already written")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.engine != "ray" and (args.address or args.actors):
+        raise UserError("--address and --actors are for --engine ray")
+    if args.actors is not None and args.actors < 1:
+        raise UserError("--actors must be at least 1")
+    if not args.images and not args.files_from:
+        raise UserError("no images given: name files or folders, or --files-from LIST")
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out (the folder whose scores.csv is continued)")
+    if args.batch_size < 1 or args.workers < 1 or (args.threads is not None and args.threads < 1):
+        raise UserError("--batch-size, --workers and --threads must be at least 1")
+    from cxrad.detectors import load_detector
+    from cxrad.bundles import resolve
+    from cxrad.detectors.results import json_lines
+    from cxrad.detectors.thresholds import operating_point
+    from cxrad.serving.streaming import collect_files, read_file_list, score_to_files, summarise
+
+    det = load_detector(args.model, args.device)
+    apply_operating_point(det, args)
+    files, ignored = collect_files(args.images)
+    if args.files_from:
+        files += read_file_list(args.files_from)
+    if not files:
+        raise UserError("no image files given" + (f" ({len(ignored)} file(s) ignored: not images)" if len(ignored)
+                                                 else ""))
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    stream = (lambda rows: print(json_lines(rows), end="", flush=True)) if args.json else None
+    if args.engine == "ray":
+        from cxrad.serving.ray_engine import score_with_ray
+        if out is None:
+            raise UserError("--engine ray writes sharded outputs: give --out")
+        table = score_with_ray(resolve(args.model), files, out, address=args.address, actors=args.actors,
+                               batch_size=args.batch_size, shard_size=args.shard_size, cache_dir=cache_dir(args),
+                               resume=args.resume, progress=not args.quiet,
+                               operating_point=operating_point(det, "stored"))
+        summary = summarise(table)
+        if stream:
+            stream(table)
+    else:
+        summary = score_to_files(det, files, out, resume=args.resume, batch_size=args.batch_size,
+                                 workers=args.workers, cache_dir=cache_dir(args), progress=not args.quiet,
+                                 threads=args.threads, on_batch=stream)
+    if out is not None:
+        if len(ignored):
+            from cxrad.files import atomic_write_text
+            atomic_write_text(out / "ignored.csv", ignored.to_csv(index=False))
+        print(f"wrote {out / 'scores.csv'} and {out / 'scores.jsonl'}", file=sys.stderr)
+    if not args.json:
+        print_table(summary.head)
+        if summary.rows > len(summary.head):
+            print(f"... {summary.rows - len(summary.head)} more row(s)"
+                  + (f" in {out / 'scores.csv'}" if out is not None else " (give --out to keep every row)"))
+    for path, reason in ignored.itertuples(index=False):
+        print(f"ignored {path}: {reason}", file=sys.stderr)
+    failed = summary.errors
+    if failed:
+        print(f"{failed} of {summary.rows} file(s) could not be scored; see the error column", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK

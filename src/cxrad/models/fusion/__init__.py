@@ -1,4 +1,0 @@
-"""Score fusion of several detectors, standardised on held-out normal images (outlier-ensemble averaging)."""
-from cxrad.models.fusion.detector import FusionDetector
-
-__all__ = ["FusionDetector"]

@@ -1,4 +1,0 @@
-"""Synthetic-opacity self-supervised segmenter (FPI / NSA-style blending in the lung field); see README.md."""
-from cxrad.models.opacity.detector import OpacityDetector
-
-__all__ = ["OpacityDetector"]

@@ -1,4 +1,0 @@
-"""Patch features of an in-domain encoder, modelled PatchCore- or PaDiM-style; see README.md."""
-from cxrad.models.patchcore.detector import PatchCoreDetector
-
-__all__ = ["PatchCoreDetector"]

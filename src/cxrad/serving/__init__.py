@@ -1,0 +1,1 @@
+"""Scoring at scale: streaming to files, a Ray cluster, ONNX exports."""
