@@ -58,7 +58,7 @@ def card(name: str, meta: dict, results: dict, command: str, machine: str) -> st
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Protocols are defined in `cxrad.protocols`: kermany224 = the publisher's test split (paediatric pneumonia);
+Protocols are defined in `cxrad.data.protocols`: kermany224 = the publisher's test split (paediatric pneumonia);
 tb = held-out Shenzhen/Montgomery normals + all TB (never seen in training; an adult set from other sites);
 nih = held-out NIH normals + NIH pneumonia; covid = held-out NIH normals vs Hannover COVID-19 (cross-site:
 can be won by recognising the hospital). Sensitivity and specificity are at the stored threshold.

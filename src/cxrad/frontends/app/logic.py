@@ -4,7 +4,7 @@ draw the heatmap overlay, build the results table.
 Everything here is a plain function of bytes, arrays and a fitted detector, so it is tested directly
 (``tests/app/test_logic.py``); ``streamlit_app.py`` only lays the results out.
 
-Operating points are ``cxrad.thresholds.operating_point`` (stored, target specificity, or target sensitivity
+Operating points are ``cxrad.detectors.thresholds.operating_point`` (stored, target specificity, or target sensitivity
 on confirmed-abnormal calibration uploads, since a bundle stores normal scores only), shared with the CLI and
 the report. The results table has the columns of the CLI's scores.csv.
 """

@@ -1,5 +1,5 @@
 """The screening dashboard page (``cxrad app`` runs it with ``streamlit run``). Layout only: the work is in
-``cxrad.app.logic``."""
+``cxrad.frontends.app.logic``."""
 from __future__ import annotations
 
 import os

@@ -12,7 +12,7 @@ def add_parser(sub, argv=None) -> None:
                        "input size and returns its score and components (the percentile scaling, network and "
                        "score are in the graph), plus a JSON sidecar with the thresholds, the held-out normal "
                        "scores and whatever is computed outside the graph (the CAE's latent density). "
-                       "cxrad.export.OnnxScorer scores with both. Not for AnoGAN (its latent mapping is an "
+                       "cxrad.OnnxScorer scores with both. Not for AnoGAN (its latent mapping is an "
                        "optimisation per image). The export is checked against PyTorch on the bundled sample "
                        "images when onnxruntime is installed.")
     p.add_argument("--quiet", action="store_true", help="no notes on stderr")

@@ -1,7 +1,7 @@
 """``cxrad report``: one command for every figure of the write-ups, as PNG files and one self-contained
 HTML page (figures embedded, opens offline).
 
-    from cxrad.report import build_report
+    from cxrad.frontends.report import build_report
     rep = build_report("runs/model", manifest_or_imageset, "runs/report")
     rep.html  # runs/report/report.html
 
