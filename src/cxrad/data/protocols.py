@@ -42,11 +42,15 @@ class Protocol:
     name: str
     train: pd.DataFrame  # normal images only
     test: pd.DataFrame   # normal and abnormal
+    pool: pd.DataFrame | None = None  # unlabelled films (labels kept only to describe the pool), no test patient
 
     def summary(self) -> str:
         t = self.test["label"]
-        return (f"{self.name}: train {len(self.train)} normal; test {int((t == 0).sum())} normal + "
+        text = (f"{self.name}: train {len(self.train)} normal; test {int((t == 0).sum())} normal + "
                 f"{int((t == 1).sum())} abnormal")
+        if self.pool is not None:
+            text += f"; pool {len(self.pool)} ({100 * self.pool['label'].mean():.0f}% abnormal)"
+        return text
 
 
 def default_data_root() -> Path:
@@ -99,6 +103,46 @@ def load_protocol(name: str, root=None, split_seed: int = 0) -> Protocol:
         raise ValueError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
     train, _ = deduplicate(train.reset_index(drop=True))
     return Protocol(name, train, test.reset_index(drop=True))
+
+
+#: the protocols that also have an unlabelled pool (``pooled_protocol``)
+POOLED = ("kermany224", "tb", "nih14")
+
+
+def pooled_protocol(name: str, root=None, split_seed: int = 0) -> Protocol:
+    """A protocol with a pool of unlabelled films for detectors that learn from one (DDAD):
+
+    - ``kermany224``: the pool is the publisher's train split with its labels ignored (DDAD's own protocol);
+    - ``tb``: the TB films are split by patient, half into the pool, half into the test (the test's normals are
+      the tb protocol's);
+    - ``nih14``: the pool is every film of the NIH training patients, both classes (nih_cxr14_talo and
+      nih_cxr14_64); the test is nih_cxr14_chexnet's, other patients.
+    No pool holds a test patient."""
+    root = Path(root) if root else default_data_root()
+    base = load_protocol(name, root, split_seed)
+    if name == "kermany224":
+        df = _source(root, "kermany224")
+        pool, test = df[df["orig_split"] == "train"], base.test
+    elif name == "tb":
+        normal_test, abnormal = base.test[base.test["label"] == 0], base.test[base.test["label"] == 1]
+        pool, rest = split_halves(abnormal, split_seed)
+        test = pd.concat([normal_test, rest])
+    elif name == "nih14":
+        pool, test = pd.concat([_source(root, "nih_cxr14_talo"), _source(root, "nih_cxr14_64")]), base.test
+    else:
+        raise ValueError(f"protocol {name!r} has no unlabelled pool; choose from {', '.join(POOLED)}")
+    pool, _ = deduplicate(pool.reset_index(drop=True))
+    return Protocol(name, base.train, test.reset_index(drop=True), pool.reset_index(drop=True))
+
+
+def split_halves(df: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two halves of a labelled set by patient, each class split on its own (so both halves hold both)."""
+    parts = [], []
+    for _, group in df.groupby("label"):
+        half = (split_by_patient(group, {"a": 0.5, "b": 0.5}, seed=seed) == "a").to_numpy()
+        parts[0].append(group[half])
+        parts[1].append(group[~half])
+    return tuple(pd.concat(p).reset_index(drop=True) for p in parts)
 
 
 def _normals(root: Path, folder: str) -> pd.DataFrame:

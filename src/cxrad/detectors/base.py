@@ -76,6 +76,8 @@ class Detector(ParamsMixin):
     lower_is_anomalous: ClassVar[tuple[str, ...]] = ()
     #: whether ``fit_arrays`` takes ``sample_weight`` (a manifest's sampling weights)
     supports_sample_weight: ClassVar[bool] = False
+    #: whether ``fit_arrays`` takes ``unlabelled`` (a pool of films of unknown label, ``cxrad train --unlabelled``)
+    supports_unlabelled: ClassVar[bool] = False
     #: the smallest settings that still train a real model (a few seconds at 32 px): the registry's tests use them
     tiny: ClassVar[dict] = {}
     #: what ``weights``/``restore`` keep: fitted torch modules (attribute -> key prefix; ``networks`` builds them)
@@ -143,11 +145,13 @@ class Detector(ParamsMixin):
         return self
 
     # ------------------------------------------------------------------------------------------- fit
-    def fit(self, X, y=None, val=None, sample_weight=None) -> "Detector":
+    def fit(self, X, y=None, val=None, sample_weight=None, unlabelled=None) -> "Detector":
         """Train on the normal images of ``X`` (rows labelled abnormal, in its manifest or ``y``, are left
         out). Without ``val``, a patient-level ``val_fraction`` of the normals is held out to learn the normal
         score distribution and the label-free threshold. ``sample_weight`` (or a manifest's ``sample_weight``
-        column) sets how often each image is drawn in training, for detectors that take weights."""
+        column) sets how often each image is drawn in training, for detectors that take weights. ``unlabelled``
+        is a pool of films of unknown label, for detectors that learn from one (the held-out normals are left
+        out of it)."""
         self.check_settings()
         if sample_weight is not None:
             X = _with_column(X, "sample_weight", sample_weight)
@@ -171,6 +175,14 @@ class Detector(ParamsMixin):
             if not self.supports_sample_weight:
                 raise DataError(f"the {self.kind} detector does not take sampling weights (a sample_weight column)")
             weighting["sample_weight"] = train.frame["sample_weight"].to_numpy(np.float64)
+        if unlabelled is not None:
+            if not self.supports_unlabelled:
+                raise DataError(f"the {self.kind} detector does not learn from unlabelled films")
+            pool = as_imageset(unlabelled, self.prep, self.cache_dir, self.progress)
+            if "sha256" in pool.frame and "sha256" in val.frame:
+                pool = pool.subset(~pool.frame["sha256"].isin(set(val.frame["sha256"])).to_numpy())
+            weighting["unlabelled"] = np.asarray(pool.images)
+            self.unlabelled_fingerprint_ = fingerprint(pool)
         self.history_ = {}
         self.fit_arrays(np.asarray(train.images), np.asarray(val.images), **weighting)
         self.n_train_, self.n_val_ = len(train), len(val)
@@ -268,7 +280,8 @@ class Detector(ParamsMixin):
             "thresholds": self.thresholds_, "threshold_rule": self.threshold_rule_, "threshold": self.threshold_,
             "history": self.history_,
             "training_data": {"fingerprint": self.train_fingerprint_, "n_train": self.n_train_,
-                              "n_val": self.n_val_, "image_sha256_prefixes": getattr(self, "train_hashes_", None)},
+                              "n_val": self.n_val_, "image_sha256_prefixes": getattr(self, "train_hashes_", None),
+                              "unlabelled_fingerprint": getattr(self, "unlabelled_fingerprint_", None)},
             "architecture": self.architecture(),
             # held-out normal scores: every scored image's percentile is taken among them
             "normal_scores": [float(v) for v in self.normal_scores_],

@@ -46,6 +46,9 @@ def add_parser(sub, argv: list[str]) -> None:
     p.add_argument("--calibration-split", help="keep only this publisher split of --calibration-data")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="detector setting (repeatable); "
                    "`cxrad detectors KIND` lists them")
+    p.add_argument("--unlabelled", metavar="DATA", help="films of unknown label (a folder of images, or any "
+                   "dataset; labels are ignored) for detectors that learn from them (ddad); test patients must "
+                   "not be among them")
     p.set_defaults(func=run)
 
 
@@ -115,7 +118,8 @@ def run(args) -> int:
               + (f" with {dist.world} processes" if dist.world > 1 else ""), file=sys.stderr)
     if dist.rank:
         det.set_params(progress=False)
-    det.fit(images)
+    pool = unlabelled_images(args.unlabelled, det, out) if args.unlabelled else None
+    det.fit(images, unlabelled=pool)
     if not dist.main:  # rank 0 calibrates and writes
         dist.finish()
         return EXIT_OK
@@ -134,6 +138,28 @@ def run(args) -> int:
               "so far; run the same command again to continue", file=sys.stderr)
     dist.finish()
     return EXIT_OK
+
+
+def unlabelled_images(data: str, det, out: Path):
+    """The unlabelled pool: every image of a folder (scanned as `cxrad score` scans), or a dataset's rows with
+    their labels ignored."""
+    from cxrad.data import deduplicate, load_images, open_dataset
+    from cxrad.serving.streaming import collect_files
+    path = Path(data)
+    if path.is_dir() and not (path / "labels.csv").exists():
+        import pandas as pd
+        files, _ = collect_files([path])
+        frame = pd.DataFrame({"path": files, "label": 0})
+    else:
+        frame = open_dataset(path)
+    frame, _ = deduplicate(frame)
+    if frame.empty:
+        raise UserError(f"--unlabelled {data}: no image files")
+    pool = load_images(frame, det.prep, cache_dir=det.cache_dir, progress=det.progress)
+    if len(pool.errors):
+        print(f"skipped {len(pool.errors)} unreadable unlabelled file(s)", file=sys.stderr)
+    print(f"learning from {len(pool)} unlabelled films as well", file=sys.stderr)
+    return pool
 
 
 def _calibrate(det, args, train_images) -> None:
