@@ -40,6 +40,7 @@ def evaluate_model(det, data, out: Path | None = None, cache_dir=None, progress:
         result["component_thresholds"] = det.component_thresholds()
     result["components"] = component_aurocs(det, ok)
     result["n_errors"] = int((table["error"] != "").sum())
+    result["n_training_images"] = training_overlap(det, images)
     tables = {"by_source": breakdown(ok, "source", det.threshold_),
               "by_finding": breakdown(ok, "finding", det.threshold_),
               "class_means": class_means(ok, list(det.components) + ["score"])}
@@ -53,6 +54,23 @@ def evaluate_model(det, data, out: Path | None = None, cache_dir=None, progress:
     result["scores"] = table  # per-image rows, in input order, for reports
     result["pictures"] = drawn  # of the scored rows, in the same order
     return result
+
+
+def training_overlap(det, images: ImageSet) -> int | None:
+    """How many of ``images`` the model trained on, by the file hashes its bundle records (None: it records none)."""
+    trained = getattr(det, "train_hashes_", None)
+    if not trained or "sha256" not in images.frame:
+        return None
+    return int(images.frame["sha256"].astype(str).str[:16].isin(set(trained)).sum())
+
+
+def overlap_warning(result: dict) -> str | None:
+    n = result.get("n_training_images")
+    if not n:
+        return None
+    return (f"warning: {n} of the {result['n']} evaluated images are among the model's training images (its bundle "
+            "records their hashes): these metrics are optimistic; evaluate on images it never saw (--protocol "
+            "gives each protocol's test split)")
 
 
 def threshold_table(det, labels, scores, metrics: dict) -> pd.DataFrame:
@@ -74,7 +92,8 @@ def threshold_table(det, labels, scores, metrics: dict) -> pd.DataFrame:
 def format_metrics(result: dict) -> str:
     lo, hi = result["auroc_ci"]
     cm = result.get("confusion_matrix", {})
-    lines = [
+    warning = overlap_warning(result)
+    lines = ([warning] if warning else []) + [
         f"images: {result['n']} ({result['n_normal']} normal, {result['n_abnormal']} abnormal)"
         + (f", {result['n_errors']} unreadable" if result.get("n_errors") else ""),
         f"AUROC {result['auroc']:.3f} (95% CI {lo:.3f}-{hi:.3f})   AUPRC {result['auprc']:.3f}",

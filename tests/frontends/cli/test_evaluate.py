@@ -55,3 +55,19 @@ def test_demo_runs_and_writes_outputs(cli, tmp_path):
     metrics = json.loads((tmp_path / "demo" / "cae_eval" / "metrics.json").read_text())
     assert 0 <= metrics["auroc"] <= 1 and metrics["n_abnormal"] > 0 and metrics["n_normal"] > 0
     assert (tmp_path / "demo" / "default_eval" / "scores.csv").exists()
+
+
+def test_protocol_by_name_and_a_warning_when_the_model_trained_on_the_test_images(cli, shared_data, tmp_path):
+    """A new user got 0.875 with the default model on nih_cxr14_talo, which it had trained on 60 % of: the bundle
+    records its training images' hashes, so evaluate says so; --protocol gives the held-out test split instead."""
+    code, out, err = cli("evaluate", "--data", shared_data / "nih_cxr14_talo", "--quiet", "--device", "cpu")
+    assert code == 0
+    warning = out.splitlines()[0]
+    assert warning.startswith("warning:") and "among the model's training images" in warning
+    assert int(warning.split()[1]) > 100  # the 60 % of the 200 normals that it trained on, less its hold-out
+    code, out, err = cli("evaluate", "--protocol", "nih", "--quiet", "--device", "cpu", "--out", tmp_path)
+    assert code == 0 and "warning" not in out and "nih: train 120 normal; test 80 normal + 98 abnormal" in err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n"] == 178 and metrics["n_training_images"] == 0
+    result = cli("evaluate", "--protocol", "nope")
+    cli.one_line_error(result, "not a protocol", "nih14")

@@ -1,6 +1,7 @@
 """``cxrad evaluate``: every metric of a model on a labelled dataset."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from cxrad.errors import UserError
@@ -15,6 +16,9 @@ def add_parser(sub, argv=None) -> None:
                        "model's threshold, per source and per finding, and the per-class component means.")
     add_common(p)
     add_model_flags(p, out_help="folder for scores.csv/jsonl, metrics.json and the breakdown tables")
+    p.add_argument("--protocol", metavar="NAME", help="evaluate a benchmark protocol's test split by name "
+                   "(kermany224, tb, nih, nih14, covid) from the shared data folder ($CXRAD_DATA, ../shared/data, "
+                   "or --data as that folder)")
     p.set_defaults(func=run)
 
 
@@ -22,11 +26,23 @@ def run(args) -> int:
     from cxrad.evaluation import evaluate_model, format_metrics
     from cxrad.detectors import load_detector
 
-    if not args.data:
-        raise UserError("--data is required (or give 'data:' in --config)")
+    if not args.data and not args.protocol:
+        raise UserError("give --data (a labelled dataset) or --protocol NAME")
     det = load_detector(args.model, args.device)
     apply_operating_point(det, args)
-    result = evaluate_model(det, open_manifest(args), Path(args.out) if args.out else None, cache_dir(args),
-                            not args.quiet)
+    data = protocol_test(args) if args.protocol else open_manifest(args)
+    result = evaluate_model(det, data, Path(args.out) if args.out else None, cache_dir(args), not args.quiet)
     print(format_metrics(result))
     return EXIT_SOME_FAILED if result["n_errors"] else EXIT_OK
+
+
+def protocol_test(args):
+    from cxrad.data.protocols import PROTOCOLS, default_data_root, load_protocol
+    if args.protocol not in PROTOCOLS:
+        raise UserError(f"--protocol {args.protocol!r} is not a protocol; choose from {', '.join(PROTOCOLS)}")
+    root = Path(args.data) if args.data else default_data_root()
+    if not (root / "README.md").exists() and not any(root.glob("*/labels.csv")):
+        raise UserError(f"the shared data folder is not at {root}: set $CXRAD_DATA or give --data FOLDER")
+    proto = load_protocol(args.protocol, root)
+    print(proto.summary(), file=sys.stderr)
+    return proto.test
