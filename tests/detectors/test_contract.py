@@ -31,7 +31,7 @@ def test_every_registered_detector_declares_tiny_settings_a_readme_and_a_docs_en
 @pytest.fixture(params=KINDS)
 def fitted(request, tiny_model, small_sets):
     det, bundle = tiny_model(request.param)
-    return det, bundle, small_sets[32][1]
+    return det, bundle, small_sets[det.image_size][1]
 
 
 def test_score_table_has_one_row_per_image_and_every_component(fitted):

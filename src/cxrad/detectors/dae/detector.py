@@ -41,6 +41,9 @@ class DAEDetector(TrainedDetector):
         The noise is drawn on a grid x grid lattice and upsampled (coarser noise: smaller grid).
     augment : bool
         Random shift, scale, brightness and contrast while training.
+    trim : float
+        Robust loss: each batch leaves out this share of its images with the largest losses (for training on films
+        that may hold abnormal ones, such as a site's unlabelled backlog); 0 is the plain mean.
     """
 
     kind: ClassVar[str] = "dae"
@@ -48,7 +51,7 @@ class DAEDetector(TrainedDetector):
     supports_sample_weight: ClassVar[bool] = True
     tiny: ClassVar[dict] = {"image_size": 32, "epochs": 1, "width": 8, "depth": 3}
     bounds: ClassVar[dict] = {**TrainedDetector.bounds, "width": (8, 512), "depth": (1, 8), "noise_std": (0, 10),
-                              "noise_grid": (1, 512)}
+                              "noise_grid": (1, 512), "trim": (0.0, 0.9)}
 
     image_size: int = 64
     epochs: int = 100
@@ -57,6 +60,13 @@ class DAEDetector(TrainedDetector):
     noise_std: float = 0.2
     noise_grid: int = 8
     augment: bool = True
+    trim: float = 0.0
+
+    def learned_params(self) -> dict:
+        params = super().learned_params()
+        if not self.trim:  # bundles and run keys of plain DAEs stay as they were
+            params.pop("trim")
+        return params
 
     def network(self) -> UNet:
         return UNet(self.width, self.depth)
@@ -72,7 +82,10 @@ class DAEDetector(TrainedDetector):
             return clean + coarse_noise(clean.shape, self.noise_grid, self.noise_std, gen, device), clean
 
         def loss(m, noisy, clean):
-            return (m(noisy) - clean).pow(2).flatten(1).mean(1)
+            per_image = (m(noisy) - clean).pow(2).flatten(1).mean(1)
+            if self.trim and m.training:  # the share of the batch that fits worst is left out (a trimmed mean)
+                per_image = per_image.sort().values[:max(1, int(round(len(per_image) * (1 - self.trim))))]
+            return per_image
 
         def val_loss(x, gen):
             return loss(model, x + coarse_noise(x.shape, self.noise_grid, self.noise_std, gen, device), x)

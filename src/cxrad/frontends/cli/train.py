@@ -151,7 +151,7 @@ def unlabelled_images(data: str, det, out: Path):
         files, _ = collect_files([path])
         frame = pd.DataFrame({"path": files, "label": 0})
     else:
-        frame = open_dataset(path)
+        frame = open_dataset(path).assign(label=0)  # labels are ignored: unknown to whoever adapts on them
     frame, _ = deduplicate(frame)
     if frame.empty:
         raise UserError(f"--unlabelled {data}: no image files")
