@@ -1,6 +1,9 @@
-"""The shipped-model protocol: fit a detector once on the shipped models' training mix (kermany224 train normals +
-nih train normals; no TB image) and score the four protocols' test splits, all disjoint from the mix. This is
-how the default model is evaluated, so any candidate measured here compares with it directly.
+"""The shipped-model protocol: fit a detector once on a shipped models' training pool (``--pool``: the mix of
+kermany224 train normals + nih train normals, or the adult-first pools of cxrad.data.protocols; no TB image) and
+score every protocol's test split, all disjoint from the pools, with AP-only and PA-only AUROCs where a test split
+has views. This is how the default model is evaluated, so any candidate measured here compares with it directly.
+``--bundle PATH`` scores an existing bundle (a shipped name, or a folder made by `cxrad train`) instead of
+fitting.
 
     python benchmarks/mix_protocols.py --detector patchcore --tag patchcore-dae64 --seeds 0 1 2 \\
         --param 'backbone=runs/learning_curves/dae64/seed{seed}/bundle'
@@ -22,8 +25,8 @@ import yaml
 
 from cxrad.data import load_images
 from cxrad.evaluation.metrics import evaluate
-from cxrad.detectors import detector_class
-from cxrad.data.protocols import PROTOCOLS, load_protocol
+from cxrad.detectors import detector_class, load_detector
+from cxrad.data.protocols import PROTOCOLS, load_protocol, training_pool, views
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,9 +41,9 @@ def write_table(out: Path) -> str:
         mine = [r for r in rows if r["tag"] == tag]
         cells = []
         for p in PROTOCOLS:
-            v = np.array([r[p] for r in mine])
+            v = np.array([r.get(p, np.nan) for r in mine])
             cells.append(f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "") + f" ({len(v)})")
-        mean = np.mean([np.mean([r[p] for p in PROTOCOLS]) for r in mine])
+        mean = np.mean([np.mean([r.get(p, np.nan) for p in PROTOCOLS]) for r in mine])
         lines.append(f"| {tag} | " + " | ".join(cells) + f" | {mean:.3f} | {np.mean([r['fit_s'] for r in mine]):.0f} |")
     lines += ["", "Commands:", ""] + [f"- `{c}`" for c in dict.fromkeys(r["command"] for r in rows)]
     text = "\n".join(lines) + "\n"
@@ -50,7 +53,9 @@ def write_table(out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--detector", required=True)
+    ap.add_argument("--detector", default=None, help="the detector kind to fit (or give --bundle)")
+    ap.add_argument("--bundle", default=None, help="score this bundle instead of fitting ({seed} is replaced)")
+    ap.add_argument("--pool", default="mix", help="training pool: mix, adult or adult-weighted")
     ap.add_argument("--tag", required=True)
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -61,22 +66,33 @@ def main() -> None:
     out = Path(args.out)
     log = out / "mix_protocols.jsonl"
     done = {(r["tag"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
-    mix = load_protocol("covid").train
+    if (args.detector is None) == (args.bundle is None):
+        ap.error("give --detector KIND (to fit) or --bundle PATH (to score), not both")
+    pool = training_pool(args.pool)
     for seed in args.seeds:
         if (args.tag, seed) in done:
             continue
         params = {k.replace("-", "_"): yaml.safe_load(v.replace("{seed}", str(seed)))
                   for k, v in (p.split("=", 1) for p in args.param)}
-        det = detector_class(args.detector)(**params, seed=seed, device=args.device)
         t0 = time.time()
-        det.fit(load_images(mix, det.prep, cache_dir=args.cache_dir))
-        row = {"tag": args.tag, "detector": args.detector, "seed": seed, "params": params, "fit_s": time.time() - t0,
+        if args.bundle:
+            det = load_detector(args.bundle.replace("{seed}", str(seed)), device=args.device)
+        else:
+            det = detector_class(args.detector)(**params, seed=seed, device=args.device)
+            det.fit(load_images(pool, det.prep, cache_dir=args.cache_dir))
+        row = {"tag": args.tag, "detector": det.kind, "seed": seed, "params": params, "fit_s": time.time() - t0,
+               "pool": None if args.bundle else args.pool, "bundle": args.bundle,
                "machine": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
                "command": "python benchmarks/mix_protocols.py " + " ".join(
-                   [f"--detector {args.detector}", f"--tag {args.tag}"] + [f"--param '{p}'" for p in args.param])}
+                   ([f"--bundle {args.bundle}"] if args.bundle else [f"--detector {args.detector}",
+                                                                      f"--pool {args.pool}"])
+                   + [f"--tag {args.tag}"] + [f"--param '{p}'" for p in args.param])}
         for p in PROTOCOLS:
             test = load_images(load_protocol(p).test, det.prep, cache_dir=args.cache_dir)
-            row[p] = evaluate(test.labels, det.decision_function(test), n_boot=0)["auroc"]
+            scores = det.score_arrays(np.asarray(test.images))["score"]
+            row[p] = evaluate(test.labels, scores, n_boot=0)["auroc"]
+            for view, mask in views(test.frame).items():
+                row[f"{p}_{view}"] = evaluate(test.labels[mask], scores[mask], n_boot=0)["auroc"]
         with log.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "command"}, flush=True)

@@ -104,6 +104,16 @@ def compute_threshold(rule: str, normal_scores, abnormal_scores=None, specificit
     return youden_threshold(labels, scores) if rule == "youden" else max_f1_threshold(labels, scores)
 
 
+def robust_scale(scores) -> tuple[float, float]:
+    """(median, IQR as a normal sd) of finite held-out normal scores: how a score is standardised before scores of
+    different kinds are averaged (outlier-ensemble practice); the sd when the IQR is 0."""
+    s = np.asarray(scores, float)
+    s = s[np.isfinite(s)]
+    q1, median, q3 = np.percentile(s, [25, 50, 75])
+    scale = (q3 - q1) / 1.349  # the IQR of a standard normal distribution
+    return float(median), float(scale if scale > 0 else np.std(s) + 1e-12)
+
+
 def percentile_of(normal_scores_sorted: np.ndarray, scores) -> np.ndarray:
     """Percent of held-out normal scores at or below each score (0-100)."""
     ref = np.asarray(normal_scores_sorted, float)

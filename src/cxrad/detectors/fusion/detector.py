@@ -12,9 +12,9 @@ from cxrad.detectors.base import Detector, finite_scores
 from cxrad.detectors.fusion.graph import FusionGraph
 from cxrad.detectors.graph import combine_arrays
 from cxrad.detectors.registry import detector_class
+from cxrad.detectors.thresholds import robust_scale
 
 RULES = ("mean", "max")
-_IQR_TO_SD = 1.349  # the IQR of a standard normal distribution
 
 
 @dataclass(repr=False, eq=False)
@@ -103,9 +103,7 @@ class FusionDetector(Detector):
             mine = {k.partition("/")[2]: v for k, v in raw.items() if k.startswith(f"{i}/")}
             m.calibrate_outputs(mine)
             s = finite_scores(combine_arrays(m.scoring_graph(), mine)["score"], f"{name} normal validation")
-            q1, median, q3 = np.percentile(s, [25, 50, 75])
-            scale = (q3 - q1) / _IQR_TO_SD
-            self.standardise_[name] = (float(median), float(scale if scale > 0 else np.std(s) + 1e-12))
+            self.standardise_[name] = robust_scale(s)
 
     def input_specs(self) -> list[dict]:
         specs = super().input_specs()
