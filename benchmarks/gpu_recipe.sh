@@ -1,35 +1,57 @@
 #!/usr/bin/env bash
-# The GPU recipe: train the best candidate at 128 px for ~1M samples on one GPU (target: under 8 minutes on
-# one H100) and write its bundle and its four-protocol AUROC table under OUT. Ready to run the moment a GPU is
-# lent; tested end to end on the CPU at tiny scale (tests/test_benchmarks.py):
+# The GPU recipe, ready to run the moment a GPU is lent (15 minutes of an H200 in all), tested end to end on the
+# CPU at tiny scale (tests/test_benchmarks.py):
 #
 #   bash benchmarks/gpu_recipe.sh runs/gpu                                  # on a GPU machine
-#   SAMPLES=400 IMAGE_SIZE=32 PARAMS="width=8 depth=3" DEVICE=cpu bash benchmarks/gpu_recipe.sh /tmp/tiny
+#   SAMPLES=300 IMAGE_SIZE=32 PARAMS="width=8 depth=3" DEVICE=cpu DDAD_SAMPLES=100 DDAD_PROTOCOLS=tb \
+#     DDAD_SEEDS=0 bash benchmarks/gpu_recipe.sh /tmp/tiny
 #
-# It trains on the shipped models' mix (kermany224 + nih train normals, no TB image), keeps a snapshot every
-# SNAPSHOT samples, scores each on the four protocols' test splits, and writes OUT/learning_curves.md and .png
-# (AUROC by samples), OUT/run/seed0/bundle (the final model) and OUT/log.txt. Settings via the environment:
+# Stage `default` (the new default's recipe at scale): the DAE at IMAGE_SIZE on the adult-first pool (POOL), with a
+# snapshot every SNAPSHOT samples scored on every protocol's test split: OUT/learning_curves.md and .png,
+# OUT/run/<tag>/seed0/bundle (the final model), OUT/mix_protocols.md (the bundle on every protocol, AP/PA views).
+# Stage `ddad`: DDAD and the normal-only ensemble at the same compute, 3 seeds (OUT/ddad.md). Every table names
+# the machine (the card) that produced it; OUT/log.txt holds everything printed. Settings via the environment:
 set -euo pipefail
 OUT=${1:?usage: gpu_recipe.sh OUT}
+STAGES=${STAGES:-"default ddad"}
 DETECTOR=${DETECTOR:-dae}
 IMAGE_SIZE=${IMAGE_SIZE:-128}
+POOL=${POOL:-adult-weighted}
 SAMPLES=${SAMPLES:-1000000}
 SNAPSHOT=${SNAPSHOT:-$(( SAMPLES / 5 ))}
 DEVICE=${DEVICE:-cuda}
 # a larger batch keeps a GPU busy; the learning rate grows with it (square-root rule from 32 / 1e-3)
 PARAMS=${PARAMS:-"batch_size=256 lr=0.003"}
 SEED=${SEED:-0}
+DDAD_SAMPLES=${DDAD_SAMPLES:-100000}
+DDAD_PROTOCOLS=${DDAD_PROTOCOLS:-"kermany224 tb nih14"}
+DDAD_SEEDS=${DDAD_SEEDS:-"0 1 2"}
 DATA=${CXRAD_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data}
 PY=${PY:-python}
+HERE=$(dirname "$0")
+TAG="$DETECTOR$IMAGE_SIZE-$POOL-gpu"
 mkdir -p "$OUT"
 params=()
 for p in $PARAMS; do params+=(--param "$p"); done
 (
-  echo "gpu_recipe: $DETECTOR ${IMAGE_SIZE}px, $SAMPLES samples, snapshots every $SNAPSHOT, device $DEVICE, params: $PARAMS"
+  echo "gpu_recipe: stages $STAGES; $DETECTOR ${IMAGE_SIZE}px on $POOL, $SAMPLES samples, snapshots every $SNAPSHOT, device $DEVICE, params: $PARAMS; ddad $DDAD_SAMPLES samples per network"
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
   start=$(date +%s)
-  CXRAD_DATA="$DATA" $PY "$(dirname "$0")/learning_curves.py" --detector "$DETECTOR" --tag "$DETECTOR$IMAGE_SIZE-gpu" \
-    --image-size "$IMAGE_SIZE" --samples "$SAMPLES" --snapshot-every "$SNAPSHOT" --seeds "$SEED" \
-    --device "$DEVICE" --run-root "$OUT/run" --out "$OUT" --cache-dir "$OUT/cache" --quiet "${params[@]}"
+  for stage in $STAGES; do
+    case $stage in
+      default)
+        CXRAD_DATA="$DATA" $PY "$HERE/learning_curves.py" --detector "$DETECTOR" --tag "$TAG" --pool "$POOL" \
+          --image-size "$IMAGE_SIZE" --samples "$SAMPLES" --snapshot-every "$SNAPSHOT" --seeds "$SEED" \
+          --device "$DEVICE" --run-root "$OUT/run" --out "$OUT" --cache-dir "$OUT/cache" --quiet "${params[@]}"
+        CXRAD_DATA="$DATA" $PY "$HERE/mix_protocols.py" --bundle "$OUT/run/$TAG/seed$SEED/bundle" --tag "$TAG" \
+          --seeds "$SEED" --device "$DEVICE" --out "$OUT" --cache-dir "$OUT/cache" ;;
+      ddad)
+        # shellcheck disable=SC2086
+        CXRAD_DATA="$DATA" $PY "$HERE/ddad.py" --samples "$DDAD_SAMPLES" --protocols $DDAD_PROTOCOLS \
+          --seeds $DDAD_SEEDS --device "$DEVICE" --run-root "$OUT/ddad" --out "$OUT" --cache-dir "$OUT/cache" ;;
+      *) echo "gpu_recipe: unknown stage $stage" >&2; exit 2 ;;
+    esac
+    echo "gpu_recipe: stage $stage done at $(( $(date +%s) - start )) s"
+  done
   echo "gpu_recipe: finished in $(( $(date +%s) - start )) s"
 ) 2>&1 | tee "$OUT/log.txt"

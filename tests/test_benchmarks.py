@@ -14,16 +14,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_recipe_runs_end_to_end_at_tiny_scale(tmp_path, shared_data):
+    """Both stages of the GPU recipe (the new default's recipe on the adult-first pool, and DDAD against the
+    normal-only ensemble) run at tiny scale on the CPU and write their tables, bundle and log."""
     env = dict(os.environ, SAMPLES="300", IMAGE_SIZE="32", DEVICE="cpu", PY=sys.executable,
-               PARAMS="width=8 depth=3 batch_size=16", CXRAD_DATA=str(shared_data), OMP_NUM_THREADS="2")
+               PARAMS="width=8 depth=3 batch_size=16", CXRAD_DATA=str(shared_data), OMP_NUM_THREADS="2",
+               DDAD_SAMPLES="60", DDAD_PROTOCOLS="tb", DDAD_SEEDS="0")
     result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_recipe.sh"), str(tmp_path / "gpu")], env=env,
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = (tmp_path / "gpu" / "learning_curves.md").read_text()
     assert "| samples | n seeds | val loss | kermany224 | tb | nih | nih14 | covid | mean |" in table
-    assert "| 1,314 (min val) | 1 |" in table  # one epoch over the 1314 training images of the mix
+    from cxrad.data import hold_out_normals, load_images
+    from cxrad.data.protocols import training_pool
+    from cxrad.imaging import Preprocessing
+    pool = load_images(training_pool("adult-weighted", shared_data), Preprocessing(32))
+    n_train = len(hold_out_normals(pool, 0.1, 0)[0])
+    assert f"| {n_train:,} (min val) | 1 |" in table  # one epoch over the adult-first pool's training images
     assert (tmp_path / "gpu" / "learning_curves.png").stat().st_size > 10_000
     from cxrad.detectors import load_detector
-    det = load_detector(tmp_path / "gpu" / "run" / "dae32-gpu" / "seed0" / "bundle")
+    det = load_detector(tmp_path / "gpu" / "run" / "dae32-adult-weighted-gpu" / "seed0" / "bundle")
     assert det.image_size == 32 and det.width == 8 and det.batch_size == 16 and det.training_finished_
+    assert "dae32-adult-weighted-gpu" in (tmp_path / "gpu" / "mix_protocols.md").read_text()
+    ddad = (tmp_path / "gpu" / "ddad.md").read_text()
+    assert "| tb |" in ddad and "| ddad |" in ddad and "| normal-only |" in ddad
     assert "finished in" in (tmp_path / "gpu" / "log.txt").read_text()
