@@ -95,33 +95,61 @@ def evaluate_snapshots(args, det, run_dir: Path, seed: int, cache: str, out: Pat
                        if k not in ("params", "machine")), flush=True)
 
 
+VIEWS = ("nih14_AP", "nih14_PA")
+
+
+def _cell(values) -> str:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    if not len(v):
+        return "—"
+    return f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
+
+
+def _mean(row) -> float:
+    """The mean over the protocols; NaN when one is missing (rows of runs made before a protocol existed)."""
+    return float(np.mean([row.get(p, np.nan) for p in PROTOCOLS]))
+
+
 def write_outputs(out: Path) -> str:
     rows = [json.loads(line) for line in (out / "learning_curves.jsonl").read_text().splitlines() if line.strip()]
     tags = list(dict.fromkeys(r["tag"] for r in rows))
+    for r in rows:  # snapshots are grouped across seeds by their place in the run (sample counts differ a little)
+        r["rank"] = sorted(x["samples"] for x in rows if x["tag"] == r["tag"] and x["seed"] == r["seed"]).index(
+            r["samples"])
     lines = ["# Learning curves (image AUROC on each protocol's test split, by training samples seen)", "",
-             "Trained on the shipped models' mix (kermany224 train normals + nih train normals; no TB image); "
-             "each snapshot scored on the four test splits. Mean ± sd over seeds at each snapshot; the "
-             "*reported* model of a run is its last snapshot (fixed in advance), never one picked on test labels. "
-             "`min val` marks the snapshot of lowest mean normal-only validation loss.", ""]
+             "Each run trains on a shipped models' pool (`pool`: `mix` = kermany224 train normals + nih train "
+             "normals; `adult`, `adult-weighted` in cxrad.data.protocols; no TB image); each snapshot is scored on "
+             "every protocol's test split. Mean ± sd over seeds; the *reported* model of a run is its last snapshot "
+             "(fixed in advance), never one picked on test labels. `min val` marks the snapshot of lowest mean "
+             "normal-only validation loss. nih14 AP and PA: the AUROC on the AP-only and PA-only films of its test "
+             "split. A dash: not measured (runs made before the protocol existed).", "",
+             "## The reported model of each run (its last snapshot)", "",
+             "| tag | pool | seeds | samples | " + " | ".join(PROTOCOLS) + " | nih14 AP | nih14 PA | mean |",
+             "|---|---|---|---|" + "---|" * (len(PROTOCOLS) + 3)]
+    for tag in tags:
+        mine = [r for r in rows if r["tag"] == tag]
+        last = [max((r for r in mine if r["seed"] == seed), key=lambda r: r["samples"])
+                for seed in sorted({r["seed"] for r in mine})]
+        lines.append(f"| {tag} | {last[0].get('pool', 'mix')} | {len(last)} | {np.mean([r['samples'] for r in last]):,.0f} | "
+                     + " | ".join(_cell([r.get(p) for r in last]) for p in (*PROTOCOLS, *VIEWS))
+                     + f" | {_cell([_mean(r) for r in last])} |")
+    lines.append("")
     for tag in tags:
         mine = [r for r in rows if r["tag"] == tag]
         seeds = sorted({r["seed"] for r in mine})
-        lines += [f"## {tag}", "", f"detector `{mine[0]['detector']}`, settings `{mine[0]['params']}`, "
-                  f"seeds {seeds}, machine {mine[0]['machine']}", "",
+        lines += [f"## {tag}", "", f"detector `{mine[0]['detector']}`, pool `{mine[0].get('pool', 'mix')}`, settings "
+                  f"`{mine[0]['params']}`, seeds {seeds}, machine {mine[0]['machine']}", "",
                   "| samples | n seeds | val loss | " + " | ".join(PROTOCOLS) + " | mean |",
                   "|---|---|---|" + "---|" * len(PROTOCOLS) + "---|"]
-        by_samples = sorted({r["samples"] for r in mine})
-        val_means = {s: np.mean([r["val_loss"] for r in mine if r["samples"] == s]) for s in by_samples}
+        ranks = sorted({r["rank"] for r in mine})
+        val_means = {k: np.mean([r["val_loss"] for r in mine if r["rank"] == k]) for k in ranks}
         best = min(val_means, key=val_means.get)
-        for s in by_samples:
-            at = [r for r in mine if r["samples"] == s]
-            cells = []
-            for p in PROTOCOLS:
-                v = np.array([r[p] for r in at])
-                cells.append(f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""))
-            mean = np.mean([np.mean([r[p] for p in PROTOCOLS]) for r in at])
-            mark = " (min val)" if s == best else ""
-            lines.append(f"| {s:,}{mark} | {len(at)} | {val_means[s]:.5f} | " + " | ".join(cells) + f" | {mean:.3f} |")
+        for k in ranks:
+            at = [r for r in mine if r["rank"] == k]
+            mark = " (min val)" if k == best else ""
+            lines.append(f"| {np.mean([r['samples'] for r in at]):,.0f}{mark} | {len(at)} | {val_means[k]:.5f} | "
+                         + " | ".join(_cell([r.get(p) for r in at]) for p in PROTOCOLS)
+                         + f" | {_cell([_mean(r) for r in at])} |")
         lines.append("")
     text = "\n".join(lines)
     (out / "learning_curves.md").write_text(text)
@@ -136,9 +164,10 @@ def _plot(rows, tags, path: Path) -> None:
     fig, axes = plt.subplots(1, len(PROTOCOLS), figsize=(4 * len(PROTOCOLS), 3.4), sharey=True)
     for tag in tags:
         mine = [r for r in rows if r["tag"] == tag]
-        xs = sorted({r["samples"] for r in mine})
+        ranks = sorted({r["rank"] for r in mine})
+        xs = [np.mean([r["samples"] for r in mine if r["rank"] == k]) for k in ranks]
         for ax, p in zip(axes, PROTOCOLS):
-            vals = [np.array([r[p] for r in mine if r["samples"] == s]) for s in xs]
+            vals = [np.array([r.get(p, np.nan) for r in mine if r["rank"] == k]) for k in ranks]
             mean, sd = np.array([v.mean() for v in vals]), np.array([v.std() for v in vals])
             ax.plot(xs, mean, marker="o", ms=3, label=tag)
             ax.fill_between(xs, mean - sd, mean + sd, alpha=0.2)

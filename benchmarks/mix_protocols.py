@@ -36,11 +36,12 @@ def write_table(out: Path) -> str:
     lines = ["# Trained once on the shipped models' mix, scored on the four test splits", "",
              "Image AUROC, mean ± sd over seeds (n in brackets). Fit on kermany224 train normals + nih train normals "
              "(no TB image); every test split is disjoint from them. Commands in each row's `command`.", "",
-             "| tag | " + " | ".join(PROTOCOLS) + " | mean | fit (s) |", "|---|" + "---|" * (len(PROTOCOLS) + 2)]
+             "| tag | " + " | ".join(PROTOCOLS) + " | nih14 AP | nih14 PA | mean | fit (s) |",
+             "|---|" + "---|" * (len(PROTOCOLS) + 4)]
     for tag in dict.fromkeys(r["tag"] for r in rows):
         mine = [r for r in rows if r["tag"] == tag]
         cells = []
-        for p in PROTOCOLS:
+        for p in (*PROTOCOLS, "nih14_AP", "nih14_PA"):
             v = np.array([r.get(p, np.nan) for r in mine])
             cells.append(f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "") + f" ({len(v)})")
         mean = np.mean([np.mean([r.get(p, np.nan) for p in PROTOCOLS]) for r in mine])
