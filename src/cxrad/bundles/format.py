@@ -163,15 +163,15 @@ def read_bundle(path, allow_unverified: bool = False) -> tuple[dict, dict]:
     if doc["format_version"] != 1 and hashlib.sha256(data).hexdigest() != weights["sha256"]:
         raise BundleError(f"{path}: the weights do not match their checksum in model.json (corrupt or altered "
                           "file); restore the bundle from its source")
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{path}: unreadable safetensors file ({exc})") from None
     if doc["format_version"] >= 3 and safetensors_metadata(data).get(DOC_DIGEST_KEY) != document_digest(doc):
         raise BundleError(f"{path}: model.json does not match the checksum its weights file records (an edited "
                           "or mixed-up model.json); restore the bundle from its source")
     from cxrad.bundles.shipped import check_pinned
     check_pinned(folder, doc)
-    try:
-        tensors = load(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise BundleError(f"{path}: unreadable safetensors file ({exc})") from None
     return doc, tensors
 
 
