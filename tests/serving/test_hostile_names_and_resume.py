@@ -49,7 +49,7 @@ def hostile_folder(root, sample_test_files, names, shared_data=None) -> list[str
     return out
 
 
-NAMES = [b"caf\xe9.png", "line\rbreak.png", "001", "=HYPERLINK(\"http://x\").png", "-2+3.png", "@sum.jpeg",
+NAMES = [b"caf\xe9.png", "line\rbreak.png", "001", "=HYPERLINK(\"x\").png", "-2+3.png", "@sum.jpeg",
          "'quoted.png", "plain.png"]
 
 
@@ -77,9 +77,8 @@ def test_hostile_names_are_scored_written_and_resumed_exactly_once(dae, sample_t
     assert again.rows == len(files)
     assert ((out / "scores.csv").read_bytes(), (out / "scores.jsonl").read_bytes()) == before
     # a killed run: the last rows cut off in the middle of a quoted name holding a line break
-    text = (out / "scores.csv").read_text("utf-8")
-    cut = text.index("line\rbreak") + 4
-    (out / "scores.csv").write_text(text[:cut], "utf-8")
+    text = (out / "scores.csv").read_bytes()  # (bytes: text mode would turn the \r into a \n)
+    (out / "scores.csv").write_bytes(text[:text.index(b"line\rbreak") + 4])
     score_to_files(dae, found, out, resume=True, batch_size=3)
     table = rows_by_path(out)
     assert set(table.index) == {path_text(f) for f in files} and len(table) == len(files)
@@ -113,10 +112,26 @@ def test_csv_text_quotes_carriage_returns_and_keeps_full_precision():
     assert json.loads(lines[1])["score"] is None and json.loads(lines[1])["anomalous"] is None
 
 
-def test_a_tree_deeper_than_the_recursion_limit_is_scanned(sample_test_files, tmp_path):
+@pytest.fixture
+def deep_tree(tmp_path):
+    """1,100 nested folders: past Python's recursion limit (pathlib's mkdir and shutil.rmtree recurse too, so the
+    tree is made and removed here, a level at a time)."""
     deep = tmp_path / "deep"
-    bottom = deep / os.path.join(*["d"] * 1100)  # 1,100 nested folders: past Python's recursion limit
-    bottom.mkdir(parents=True)
+    levels = [deep]
+    deep.mkdir()
+    for _ in range(1100):
+        levels.append(levels[-1] / "d")
+        os.mkdir(levels[-1])
+    yield deep, levels[-1]
+    for level in reversed(levels):
+        for entry in os.scandir(level):
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+        os.rmdir(level)
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_scanned(sample_test_files, deep_tree):
+    deep, bottom = deep_tree
     shutil.copyfile(sample_test_files[0], deep / "top.png")
     shutil.copyfile(sample_test_files[1], bottom / "bottom.png")
     files, ignored = collect_files([deep])

@@ -170,8 +170,6 @@ def read_bundle(path, allow_unverified: bool = False) -> tuple[dict, dict]:
     if doc["format_version"] >= 3 and safetensors_metadata(data).get(DOC_DIGEST_KEY) != document_digest(doc):
         raise BundleError(f"{path}: model.json does not match the checksum its weights file records (an edited "
                           "or mixed-up model.json); restore the bundle from its source")
-    from cxrad.bundles.shipped import check_pinned
-    check_pinned(folder, doc)
     return doc, tensors
 
 

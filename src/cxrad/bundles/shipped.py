@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cxrad.bundles.format import document_digest
 from cxrad.errors import BundleError
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -29,8 +30,6 @@ def available() -> dict[str, Path]:
 def check_pinned(folder, doc: dict) -> None:
     """Refuse a bundle inside ``pretrained/`` whose model.json or weights differ from the pinned release (or that
     has no pin); bundles elsewhere are not concerned."""
-    from cxrad.bundles.format import document_digest
-
     folder = Path(folder).resolve()
     if folder.parent != PRETRAINED_DIR.resolve():
         return

@@ -165,8 +165,9 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
     """
     if isinstance(data, (str, os.PathLike)):
         data = [data]
+    # object dtype: pandas' default string dtype (Arrow) cannot hold a file name that is not valid UTF-8
     frame = data.copy() if isinstance(data, pd.DataFrame) else pd.DataFrame(
-        {"path": [str(p) for p in data], "label": 0})
+        {"path": pd.Series([os.fspath(p) for p in data], dtype=object), "label": 0})
     frame = frame.reset_index(drop=True)
     frame[ORDER] = np.arange(len(frame))
     cache = Path(cache_dir) / prep_key(prep) if cache_dir else None

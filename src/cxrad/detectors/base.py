@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrad.bundles import read_bundle, resolve, write_bundle
+from cxrad.bundles import check_pinned, read_bundle, resolve, write_bundle
 from cxrad.data import DataError, ImageSet, as_imageset, fingerprint, hold_out_normals, with_labels
 import cxrad.detectors.thresholds as th
 from cxrad.detectors.chunks import PICTURES, graph_inputs, is_picture
@@ -283,6 +283,7 @@ class Detector(ParamsMixin):
         resolve_device(device)  # an unavailable device is the user's error, not a broken bundle
         path = resolve(path)
         doc, tensors = read_bundle(path, allow_unverified=allow_unverified)
+        check_pinned(path, doc)  # a shipped bundle must be the released one
         if doc.get("kind") != cls.kind:
             raise BundleError(f"{path}: holds a {doc.get('kind')!r} model, not a {cls.kind!r} one")
         det = cls.from_document(doc, device, where=str(path))
