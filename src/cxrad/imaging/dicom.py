@@ -432,6 +432,8 @@ def _dicom_to_grey(data: bytes) -> np.ndarray:
 
     try:  # pydicom raises many types for corrupt files, some only when an element is first used
         ds, stream, tsyntax, pixel_tag = _dicom_header(data)
+        if not tsyntax.is_transfer_syntax:
+            raise ImageReadError(f"DICOM transfer syntax {str(tsyntax)[:64]!r} is not a known transfer syntax")
         rows, cols, frames, samples, bits, photometric = _check_dicom_header(ds, pixel_tag)
     except ImageReadError:
         raise
