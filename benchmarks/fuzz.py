@@ -226,7 +226,7 @@ def main(argv=None) -> int:
             if rv is not None:
                 fine = rv["rc"] == 1 and "being written by another cxrad run" in rv["stderr"] and rv["tracebacks"] == 0
                 situations.append(("a second `cxrad score` into the same --out, once the first has written rows",
-                                   f"refused at once (exit {rv['rc']}, {rv['seconds']:.1f} s)" if fine else
+                                   f"refused before scoring anything (exit {rv['rc']} after {rv['seconds']:.0f} s, most of it start-up and model load)" if fine else
                                    f"FAILED (exit {rv['rc']})"))
                 before = csv.read_bytes()
                 again = run_scorer(cmd + ["--resume"], env, work, "resume", 600)
@@ -300,7 +300,7 @@ def write_report(path: Path, args, cases, runs, reasons, situations, edits, r: d
     lines += ["", "## Altered bundles and sidecars (each must be a one-line refusal)", "", "| edit | outcome |",
               "|---|---|"]
     lines += [f"| {name} | {outcome.replace('|', '/')} |" for name, outcome in edits]
-    lines += ["", f"## Files by kind ({first['workers']} threads; the other runs gave the same rows)", "",
+    lines += ["", f"## Files by kind ({first['workers']} threads; the other runs met the same invariants)", "",
               "| kind | files | expect | scored | error rows |", "|---|---|---|---|---|"]
     for kind in sorted(kinds, key=lambda k: (-kinds[k], k)):
         lines.append(f"| {kind} | {kinds[kind]} | {expect[kind]} | {first['outcome'][(kind, 'score')]} | "
