@@ -1,6 +1,7 @@
 """Fixtures shared by the test files: the shared data folder, the bundled samples, and one tiny trained CAE."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -57,18 +58,13 @@ def small_sets(sample_manifest, cache_dir):
 def rewrite_weights():
     """Replace a bundle's tensors with ``change(tensors)`` and record the new checksum, as a tool that edits
     bundles on purpose would: what remains to catch is whether the weights fit the settings."""
-    import hashlib
-    import json
+    from safetensors.torch import load
 
-    from safetensors.torch import load, save
+    from bundle_tools import resign
 
     def rewrite(bundle: Path, change) -> None:
         meta = json.loads((bundle / "model.json").read_text())
-        path = bundle / meta["weights"]["file"]
-        data = save(change(load(path.read_bytes())))
-        path.write_bytes(data)
-        meta["weights"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-        (bundle / "model.json").write_text(json.dumps(meta))
+        resign(bundle, meta, change(load((bundle / meta["weights"]["file"]).read_bytes())))
     return rewrite
 
 

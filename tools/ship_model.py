@@ -76,14 +76,14 @@ shows.
 def upgrade(path: Path) -> None:
     """Rewrite a format-1 bundle (weights without a checksum) in the current format, in place. Only for
     bundles whose origin you trust: the checksum is computed from the weights as they are now."""
-    load_detector(path, device="cpu", allow_unverified=True).save(path)
+    load_detector(path, device="cpu", allow_unverified=True).save(path)  # (a shipped one needs a new pin)
     print(f"upgraded {path} to bundle format {read_meta(path)['format_version']}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--upgrade", metavar="BUNDLE", help="rewrite a format-1 bundle with a weights checksum; "
-                    "nothing else is done")
+    ap.add_argument("--upgrade", metavar="BUNDLE", help="rewrite a format-1 or 2 bundle in the current format "
+                    "(weights and model.json checksummed); nothing else is done")
     ap.add_argument("bundle", nargs="?")
     ap.add_argument("name", nargs="?")
     ap.add_argument("--default", action="store_true", help="make it the default model")
@@ -117,7 +117,9 @@ def main() -> None:
     atomic_write_text(dest / "evaluation.json", json.dumps(results, indent=1))
     if args.default:
         atomic_write_text(PRETRAINED_DIR / "default.json", json.dumps({"default": args.name}) + "\n")
-    print(f"shipped {dest}")
+    from cxrad.bundles.format import document_digest
+    print(f"shipped {dest}; pin it in cxrad.bundles.shipped.PINNED (a shipped bundle without a pin is refused):\n"
+          f'    "{args.name}": ("{document_digest(meta)}",\n        "{meta["weights"]["sha256"]}"),')
 
 
 if __name__ == "__main__":

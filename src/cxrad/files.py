@@ -78,22 +78,68 @@ def remove_stale_temporaries(folder, older_than_s: float = 0.0, recursive: bool 
     return removed
 
 
+class FolderBusyError(OSError):
+    """Another process holds the lock on a folder."""
+
+
 @contextlib.contextmanager
-def folder_lock(folder):
+def folder_lock(folder, wait: bool = True):
     """Hold an exclusive lock on ``folder`` (flock on the folder itself, no lock file) while writing into it,
-    so that two writers never interleave and a temporary found under the lock is a dead writer's. Where flock
-    is unavailable (Windows) this does not lock."""
+    so that two writers never interleave and a temporary found under the lock is a dead writer's. With
+    ``wait=False``, a folder another process holds raises FolderBusyError at once. The kernel drops the lock
+    when its holder dies, so a killed writer never leaves the folder locked. Where flock is unavailable
+    (Windows) this does not lock."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise FolderBusyError(f"{folder} is in use by another process") from None
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def path_text(path) -> str:
+    """A path as text that can always be written as UTF-8: a name that is not valid UTF-8 (bytes the file
+    system allows) keeps its valid parts and shows each other byte as ``\\xNN``; any other name is unchanged."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def walk_files(root):
+    """(files, unreadable folders with their reason) under ``root``, sorted, walked with an explicit stack so
+    that a tree of any depth cannot exhaust the recursion limit. Symlinks to folders are listed as entries but
+    never followed (no loops); symlinks to files are kept (readers check what they point at)."""
+    files, unreadable, stack = [], [], [os.fspath(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            unreadable.append((folder, f"cannot list this folder ({exc.strerror or type(exc).__name__})"))
+            continue
+        subfolders = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if not is_dir and entry.is_symlink() and os.path.isdir(entry.path):
+                    continue  # a symlink to a folder: not followed, and not a file
+            except OSError:
+                is_dir = False
+            (subfolders if is_dir else files).append(entry.path)
+        stack.extend(reversed(subfolders))
+    return sorted(files, key=lambda f: Path(f).parts), unreadable  # the order of sorted(Path.rglob(...))
 
 
 class UnsafeFileError(ValueError):
@@ -148,7 +194,10 @@ def open_regular_file(path, max_bytes: int):
 def read_regular_file(path, max_bytes: int) -> bytes:
     """The bytes of a regular file of at most ``max_bytes`` (checked before and while reading)."""
     with open_regular_file(path, max_bytes) as fh:
-        data = fh.read(max_bytes + 1)
+        size = os.fstat(fh.fileno()).st_size
+        data = fh.read(min(size, max_bytes) + 1)  # (a read buffer as large as the cap would be allocated whole)
+        if len(data) > size and len(data) <= max_bytes:  # it grew since: read on, to the cap
+            data += fh.read(max_bytes + 1 - len(data))
     if len(data) > max_bytes:  # it grew between the check and the read
         raise UnsafeFileError(f"file too large (over {max_bytes} bytes)")
     return data

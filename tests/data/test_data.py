@@ -158,25 +158,25 @@ def test_load_images_keeps_going_past_bad_files(tmp_path, shared_data):
 # --------------------------------------------------------------------------------------------- cache
 def _count_decodes(monkeypatch) -> list:
     calls = []
-    real = data_mod._decode
+    real = data_mod.decode_source
 
-    def counting(path):
+    def counting(path, content):
         calls.append(path)
-        return real(path)
-    monkeypatch.setattr(data_mod, "_decode", counting)
+        return real(path, content)
+    monkeypatch.setattr(data_mod, "decode_source", counting)
     return calls
 
 
 def _refuse_decodes(monkeypatch):
-    def refuse(path):
+    def refuse(path, content):
         raise AssertionError(f"decoded {path} again despite the cache")
-    monkeypatch.setattr(data_mod, "_decode", refuse)
+    monkeypatch.setattr(data_mod, "decode_source", refuse)
 
 
 def test_cache_second_load_never_decodes(tmp_path, shared_data, monkeypatch):
     df = from_csv(shared_data / "nih_cxr14_talo" / "labels.csv").head(12)
     prep = Preprocessing(32)
-    real = data_mod._decode
+    real = data_mod.decode_source
     calls = _count_decodes(monkeypatch)
     first = load_images(df, prep, cache_dir=tmp_path)
     assert len(calls) == 12 and len(first) == 12
@@ -187,7 +187,7 @@ def test_cache_second_load_never_decodes(tmp_path, shared_data, monkeypatch):
     part = load_images(df.iloc[::3], prep, cache_dir=tmp_path)  # another set: per-image entries
     np.testing.assert_array_equal(part.images, first.images[::3])
     # without a cache the same pixels come out (the cache changes nothing but speed)
-    monkeypatch.setattr(data_mod, "_decode", real)
+    monkeypatch.setattr(data_mod, "decode_source", real)
     np.testing.assert_array_equal(load_images(df, prep).images, first.images)
 
 

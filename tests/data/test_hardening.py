@@ -74,9 +74,9 @@ def test_a_manifest_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- cache
 def _refuse_decodes(monkeypatch):
-    def refuse(path):
+    def refuse(path, content):
         raise AssertionError(f"decoded {path} although its cache entry is intact")
-    monkeypatch.setattr(data_mod, "_decode", refuse)
+    monkeypatch.setattr(data_mod, "decode_source", refuse)
 
 
 def _damage(path: Path, how: str) -> None:

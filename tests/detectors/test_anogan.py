@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from bundle_tools import resign
 import torch
 
 from cxrad.errors import BundleError
@@ -174,17 +176,17 @@ def test_wrong_architecture_or_size_is_refused(anogan, fanogan, tmp_path, rewrit
         FAnoGANDetector.load(path)
     doc = json.loads((path / "model.json").read_text())
     doc["params"]["image_size"] = 64
-    (path / "model.json").write_text(json.dumps(doc))
+    resign(path, doc)
     with pytest.raises(BundleError, match="preprocessing .* does not match"):
         load_detector(path)
     doc["preprocessing"]["size"] = 64  # metadata consistent with itself, weights still for 32 px
-    (path / "model.json").write_text(json.dumps(doc))
+    resign(path, doc)
     with pytest.raises(BundleError, match="architecture/size.*32px"):
         load_detector(path)
     # consistent metadata but weights of another width: the state_dict mismatch is refused too
     doc["params"]["image_size"], doc["preprocessing"]["size"], doc["params"]["width"] = 32, 32, 16
     doc["state"]["architecture"] = "DCGAN 32px, z 10, width 16"
-    (path / "model.json").write_text(json.dumps(doc))
+    resign(path, doc)
     with pytest.raises(BundleError, match="weights do not fit a anogan"):
         load_detector(path)
     # an f-AnoGAN bundle without its encoder

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from bundle_tools import resign
 from sklearn.base import clone
 
 from cxrad.data import load_images
@@ -132,6 +134,7 @@ def test_a_bundle_that_names_an_unknown_setting_is_refused(fitted, tmp_path):
     det.save(tmp_path / "m")
     meta = (tmp_path / "m" / "model.json")
     meta.write_text(meta.read_text().replace('"params": {', '"params": {"bogus": 1, ', 1))
+    resign(tmp_path / "m")
     with pytest.raises(BundleError, match="bogus"):
         load_detector(tmp_path / "m")
 

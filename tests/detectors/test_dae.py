@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from bundle_tools import resign
 import torch
 
 from cxrad.errors import BundleError
@@ -54,8 +56,10 @@ def test_a_bundle_whose_settings_do_not_fit_its_weights_is_refused(cls, settings
     assert key in meta.read_text()
     text = meta.read_text()
     meta.write_text(text.replace(key, '"width": 4096'))  # out of bounds: refused before anything is built
+    resign(tmp_path / "m")
     with pytest.raises(BundleError, match="width must be between"):
         load_detector(tmp_path / "m")
-    meta.write_text(text.replace(key, '"width": 128'))  # in bounds, but not what the weights are
+    meta.write_text(meta.read_text().replace('"width": 4096', '"width": 128'))  # in bounds, not what the weights are
+    resign(tmp_path / "m")
     with pytest.raises(BundleError, match="do not fit"):
         load_detector(tmp_path / "m")

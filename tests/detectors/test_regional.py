@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from bundle_tools import resign
 import torch
 
 from cxrad.data import load_images
@@ -22,6 +24,7 @@ def test_statistics_see_edges_and_refuse_a_bundle_of_another_grid(small_sets, tm
     det.save(tmp_path / "m")
     meta = tmp_path / "m" / "model.json"
     meta.write_text(meta.read_text().replace('"grid": 4', '"grid": 5'))
+    resign(tmp_path / "m")
     with pytest.raises(BundleError, match="do not fit"):
         load_detector(tmp_path / "m")
 

@@ -6,7 +6,7 @@ only kermany224 and nih_cxr14_talo images are used, never the TB sets that may n
     case.path, case.kind, case.expect    # expect: "score" (a valid image), "error" (must not get a score), "any"
 
 Each kind is a function ``make(ctx) -> (suffix, bytes)`` in ``KINDS`` with what scoring it should give and a
-weight. ``generate`` makes every kind once, then draws the rest by weight, seeded: the same call gives the same
+weight (a kind may also pick its own file name: ``(suffix, bytes, name)``, for hostile names). ``generate`` makes every kind once, then draws the rest by weight, seeded: the same call gives the same
 files. Used by tests/fuzz/test_fuzz.py (CI size) and benchmarks/fuzz.py (10,000 files).
 """
 from __future__ import annotations
@@ -49,6 +49,10 @@ class Context:
                 self.greys.append(np.asarray(img))
         if not self.files:
             raise FileNotFoundError(f"no source images under {data}")
+        self.dicom_named = {p.name: p.read_bytes() for p in sorted((Path(data) / "dicom_chest").glob("*.dcm"))}
+        self.dicoms = list(self.dicom_named.values())
+        if not self.dicoms:
+            raise FileNotFoundError(f"no real DICOM files under {data}/dicom_chest")
         self._memo: dict[str, bytes] = {}
 
     def grey(self, side: int | None = None) -> np.ndarray:
@@ -510,6 +514,131 @@ def dicom_huge_declared(ctx):
     return ".dcm", patch(data, 0x00280011, b"US", struct.pack("<H", 16), struct.pack("<H", 60000))
 
 
+
+
+# ------------------------------------------------------------------------------------------- round 2 (issue 21)
+#: names that once lost or mixed rows: not UTF-8, control characters, all digits (PACS), spreadsheet formulas,
+#: a name that looks like an npz reference
+HOSTILE_NAMES = [b"caf\xe9", b"\xff\xfe", "line\rbreak", "new\nline", "tab\tname", "=HYPERLINK(\"127.0.0.1\")",
+                 "+1", "-2", "@sum", "'quote", "scan::1", "x::train[0]", "\u202eevil", "a,b;c\"d"]
+
+
+def hostile_name(ctx):
+    """A valid radiograph (a real file) under a hostile name; an all-digit name gets a real DICOM, as a PACS
+    export would (no extension: found by its preamble)."""
+    name = ctx.pick(HOSTILE_NAMES + ["0012345"])
+    if name == "0012345":
+        return "", ctx.pick(ctx.dicoms), name
+    suffix, data = real_file(ctx)
+    return suffix, data, name
+
+
+def real_dicom(ctx):
+    """A real compressed or uncompressed DICOM from ../shared/data/dicom_chest (JPEG 2000, JPEG-LS, JPEG
+    baseline, LUT sequences)."""
+    return ".dcm", ctx.pick(ctx.dicoms)
+
+
+def dicom_header_fixed(ctx):
+    """Header values that once quietly ruined the image and are now decoded correctly."""
+    v = twelve_bit(ctx.grey(int(ctx.rng.integers(32, 160))))
+    variant = ctx.pick(["intercept_only", "slope_only", "intercept_1e11", "slope_1e300", "slope_1e-300",
+                        "window_1e30", "window_-1e30", "modality_lut_12", "padded"])
+    if variant == "intercept_only":
+        return ".dcm", dicom(v, RescaleIntercept="-1024")
+    if variant == "slope_only":
+        return ".dcm", dicom(v, RescaleSlope="2")
+    if variant == "intercept_1e11":
+        return ".dcm", dicom(v, RescaleSlope="1", RescaleIntercept="1e11")
+    if variant in ("slope_1e300", "slope_1e-300"):
+        return ".dcm", dicom(v, RescaleSlope=variant[6:], RescaleIntercept="0")
+    if variant.startswith("window"):
+        return ".dcm", dicom(v, WindowCenter=variant[7:], WindowWidth="400")
+    if variant == "padded":  # odd pixel data padded to an even length: a few bytes over, not a wrong geometry
+        side = v.shape[0] - (1 - v.shape[0] % 2)
+        return ".dcm", dicom((v[:side, :side] // 16).astype(np.uint8), bits=8, stored=8)
+    import pydicom
+    ds = pydicom.dcmread(io.BytesIO(dicom(v)))
+    item = pydicom.Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 12])
+    item.add_new(0x00283006, "US", list(range(4096)))
+    item.ModalityLUTType = "US"
+    ds.ModalityLUTSequence = [item]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return ".dcm", buf.getvalue()
+
+
+def dicom_header_refused(ctx):
+    """Header values that cannot describe this pixel data: refused, never scored."""
+    v = twelve_bit(ctx.grey(int(ctx.rng.integers(32, 160))))
+    variant = ctx.pick(["high_bit", "excess_pixels", "overflow", "voi_markup", "jls_bigger", "j2k_bigger"])
+    if variant == "high_bit":
+        return ".dcm", patch(dicom(v), 0x00280102, b"US", struct.pack("<H", 11), struct.pack("<H", 15))
+    if variant == "excess_pixels":
+        rows = v.shape[0]
+        return ".dcm", patch(dicom(v), 0x00280010, b"US", struct.pack("<H", rows), struct.pack("<H", rows // 2))
+    if variant == "overflow":
+        return ".dcm", dicom(v, RescaleSlope="1e306", RescaleIntercept="0")
+    if variant == "voi_markup":  # a VOI LUT Function that the error reason quotes: Markdown for the dashboard
+        data = dicom(v, WindowCenter="2048", WindowWidth="4000", VOILUTFunction="LINEAR")
+        return ".dcm", patch(data, 0x00281056, b"CS", b"LINEAR", b"![x](http://127.0.0.1:9/p.png)")
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+    name = "cr_chest_mono1_jpegls_near_lossless.dcm" if variant == "jls_bigger" else "cr_chest_mono1_j2k_lossy.dcm"
+    ds = pydicom.dcmread(io.BytesIO(ctx.dicom_named[name]))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    marker, at, size = (b"\xff\xf7", 5, 2) if variant == "jls_bigger" else (b"\xff\x51", 6, 4)
+    i = frame.index(marker) + at
+    ds.PixelData = encapsulate([frame[:i] + (int.from_bytes(frame[i:i + size], "big") * 3).to_bytes(size, "big")
+                                + frame[i + size:]])
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return ".dcm", buf.getvalue()
+
+
+def dicom_private_tag_big(ctx):  # a 250 MB private element before the pixel data (pydicom used to copy it)
+    def build():
+        import pydicom
+        ds = pydicom.dcmread(io.BytesIO(dicom(twelve_bit(ctx.grey(256)))))
+        ds.add_new(0x00091010, "LO", "CXRAD FUZZ")
+        ds.add_new(0x00091011, "OB", bytes(250 * 2**20))
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+    return ".dcm", ctx.once("private_tag_big", build)
+
+
+def tiff_signed(ctx):
+    g = ctx.grey(int(ctx.rng.integers(40, 300))).astype(np.int64)
+    values = ctx.pick([g * 16 - 2048, g - 128, g * 1000, -50 * g, g * 2**20 - 2**27])
+    return ".tif", save(Image.fromarray(values.astype(np.int32)), "TIFF")
+
+
+def raster_odd(ctx):
+    """Rasters once mis-read: float TIFFs near the float32 limits, EXIF-rotated JPEGs (score)."""
+    g = ctx.grey(int(ctx.rng.integers(40, 300)))
+    if ctx.rng.random() < 0.5:
+        return ".tif", save(Image.fromarray((g.astype(np.float64) / 255 * 6e38 - 3e38).astype(np.float32), "F"),
+                            "TIFF")
+    img = Image.fromarray(g[:, : max(8, g.shape[1] // 2)])
+    exif = img.getexif()
+    exif[0x0112] = int(ctx.pick([2, 3, 4, 5, 6, 7, 8]))
+    return ".jpg", save(img, "JPEG", quality=90, exif=exif)
+
+
+def raster_thin(ctx):  # a strip too thin to be an image, even once reduced
+    return ".png", save(Image.new("L", ctx.pick([(100_000, 1), (1, 100_000), (100_000, 30)]), 90), "PNG")
+
+
+def big_progressive_jpeg(ctx):  # 8000 x 7999 4:4:4 colour, progressive: libjpeg holds ~330 MB of coefficients
+    def build():
+        g = np.asarray(Image.fromarray(ctx.greys[0]).resize((8000, 7999)))
+        return save(Image.merge("RGB", [Image.fromarray(g)] * 3), "JPEG", quality=85, progressive=True,
+                    subsampling=0)
+    return ".jpg", ctx.once("big_progressive_jpeg", build)
+
+
 # name: (make, expect, weight); weights are relative frequencies after every kind has been made once
 KINDS = {
     "real_file": (real_file, "score", 8), "png_mode": (png_mode, "score", 6), "tiff_mode": (tiff_mode, "score", 5),
@@ -525,8 +654,14 @@ KINDS = {
     "dicom_bad_structure": (dicom_bad_structure, "error", 6), "deflate_bomb": (deflate_bomb, "error", 0.2),
     "deflate_header_bomb": (deflate_header_bomb, "error", 0.2), "rle_bomb": (rle_bomb, "error", 0.5),
     "jpeg_size_mismatch": (jpeg_size_mismatch, "error", 0.2), "dicom_huge_declared": (dicom_huge_declared, "error", 1),
+    # round 2 (issue 21)
+    "hostile_name": (hostile_name, "score", 3), "real_dicom": (real_dicom, "score", 2),
+    "dicom_header_fixed": (dicom_header_fixed, "score", 4), "dicom_header_refused": (dicom_header_refused, "error", 3),
+    "dicom_private_tag_big": (dicom_private_tag_big, "score", 0.03), "tiff_signed": (tiff_signed, "score", 2),
+    "raster_odd": (raster_odd, "score", 2), "raster_thin": (raster_thin, "error", 0.5),
+    "big_progressive_jpeg": (big_progressive_jpeg, "score", 0.04),
 }
-VALID = [png_mode, tiff_mode, bmp, jpeg_grey, dicom_ok, real_file]
+VALID = [png_mode, tiff_mode, bmp, jpeg_grey, dicom_ok, real_file, real_dicom]
 
 
 def generate(folder, n: int, seed: int = 0, data: Path | None = None) -> list[Case]:
@@ -542,8 +677,12 @@ def generate(folder, n: int, seed: int = 0, data: Path | None = None) -> list[Ca
     cases = []
     for i, kind in enumerate(order):
         make, expect, _ = KINDS[kind]
-        suffix, blob = make(ctx)
-        path = folder / f"{i:05d}_{kind}{suffix}"
+        suffix, blob, *name = make(ctx)
+        if name:  # a hostile name: bytes where it is not UTF-8
+            raw = name[0] if isinstance(name[0], bytes) else name[0].encode("utf-8")
+            path = Path(os.fsdecode(os.path.join(os.fsencode(folder), f"{i:05d}_".encode() + raw + suffix.encode())))
+        else:
+            path = folder / f"{i:05d}_{kind}{suffix}"
         path.write_bytes(blob)
         cases.append(Case(path, kind, expect))
     return cases
@@ -579,12 +718,13 @@ def check_table(table, cases) -> tuple[collections.Counter, list[str]]:
         if r.path in rows:
             problems.append(f"{r.path}: two rows")
         rows[r.path] = r
-    wanted = {str(c.path) for c in cases}
+    from cxrad.files import path_text
+    wanted = {path_text(c.path) for c in cases}
     problems += [f"{p}: no row" for p in sorted(wanted - set(rows))]
     problems += [f"{p}: row for a file not generated" for p in sorted(set(rows) - wanted)]
     outcome = collections.Counter()
     for c in cases:
-        r = rows.get(str(c.path))
+        r = rows.get(path_text(c.path))
         if r is None:
             continue
         error = r.error if isinstance(r.error, str) else ""

@@ -3,7 +3,10 @@ safetensors file of arrays. Loading parses JSON and safetensors only, so a bundl
 nothing.
 
 Integrity: model.json names the weights file and its SHA-256; the weights are verified before they are
-parsed, and both files are size-capped before they are read. All-or-nothing writes: the weights go to a new
+parsed, and both files are size-capped before they are read. From format 3, the weights file's safetensors
+metadata holds the SHA-256 of model.json itself (its canonical JSON, less the ``weights`` entry, which names the
+weights): an edit of any value of model.json is caught, not only an edit of the weights. Format-2 bundles (no
+document checksum) still load; the shipped ones are pinned by digest in ``bundles.shipped``. All-or-nothing writes: the weights go to a new
 file named by their hash, then model.json is replaced in one rename (the commit point), then the old weights
 file is removed. A kill at any moment leaves the previous bundle or the new one, never a mix. Writers hold an
 exclusive lock on the folder, so two never interleave and the temporaries a writer finds are a killed one's.
@@ -23,7 +26,11 @@ from cxrad.files import (UnsafeFileError, atomic_write_bytes, atomic_write_text,
                          remove_stale_temporaries)
 
 FORMAT = "cxrad-bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: versions this cxrad reads: 1 only to upgrade it (no checksum), 2 (weights checksum), 3 (and model.json's)
+READABLE_VERSIONS = (1, 2, 3)
+#: the safetensors metadata key holding model.json's canonical SHA-256 (format 3)
+DOC_DIGEST_KEY = "cxrad_model_json_sha256"
 META_FILE = "model.json"
 LEGACY_TENSOR_FILE = "model.safetensors"  # format 1 (no checksum)
 MAX_META_BYTES = 32 * 2**20
@@ -46,13 +53,15 @@ def write_bundle(path, kind: str, meta: dict, tensors: dict) -> Path:
     if path.exists() and not path.is_dir():
         raise BundleError(f"{path}: exists and is not a folder; choose another output")
     path.mkdir(parents=True, exist_ok=True)
-    data = save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "environment": environment(), **meta}
+    doc = json.loads(json.dumps(doc, default=_json_default))  # as it will read back (tuples as lists, ...)
+    data = save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+                metadata={DOC_DIGEST_KEY: document_digest(doc)})
     digest = hashlib.sha256(data).hexdigest()
     weights_name = f"weights-{digest[:16]}.safetensors"
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
-           "weights": {"file": weights_name, "sha256": digest, "bytes": len(data)},
-           "environment": environment(), **meta}
-    text = json.dumps(doc, indent=2, default=_json_default)
+    doc = {**{k: doc[k] for k in ("format", "format_version", "kind")},
+           "weights": {"file": weights_name, "sha256": digest, "bytes": len(data)}, **doc}
+    text = json.dumps(doc, indent=2)
     with folder_lock(path):  # one writer at a time: what it finds half-written is a killed writer's
         remove_stale_temporaries(path)
         atomic_write_bytes(path / weights_name, data)
@@ -73,6 +82,29 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def document_digest(doc: dict) -> str:
+    """SHA-256 of a model.json document's canonical JSON (sorted keys, no spaces, UTF-8), less its ``weights``
+    entry: what a format-3 weights file records."""
+    body = {k: v for k, v in doc.items() if k != "weights"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors file's header (its first 8 bytes give the header's length)."""
+    if len(data) < 8:
+        return {}
+    n = int.from_bytes(data[:8], "little")
+    if not 2 <= n <= len(data) - 8:
+        return {}
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def read_meta(path) -> dict:
     """model.json of a bundle folder (or the file itself), checked for format and version."""
     path = Path(path)
@@ -90,7 +122,7 @@ def read_meta(path) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise BundleError(f"{meta_file}: not a cxrad model bundle")
     version = doc.get("format_version")
-    if version not in (1, FORMAT_VERSION):
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise BundleError(f"{path}: bundle format version {version!r} is not supported by this cxrad "
                           f"(it reads version {FORMAT_VERSION}); retrain the model or upgrade cxrad")
     if not isinstance(doc.get("kind"), str):
@@ -135,6 +167,9 @@ def read_bundle(path, allow_unverified: bool = False) -> tuple[dict, dict]:
         tensors = load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise BundleError(f"{path}: unreadable safetensors file ({exc})") from None
+    if doc["format_version"] >= 3 and safetensors_metadata(data).get(DOC_DIGEST_KEY) != document_digest(doc):
+        raise BundleError(f"{path}: model.json does not match the checksum its weights file records (an edited "
+                          "or mixed-up model.json); restore the bundle from its source")
     return doc, tensors
 
 

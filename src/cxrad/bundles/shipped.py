@@ -4,9 +4,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cxrad.bundles.format import document_digest
 from cxrad.errors import BundleError
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+#: each shipped bundle's model.json digest (``format.document_digest``) and weights SHA-256: a shipped bundle
+#: that differs from what was released is refused (format-2 bundles carry no model.json checksum of their own).
+#: tools/ship_model.py prints the entry of a newly shipped model.
+PINNED = {
+    "dae-cxr-64": ("ff9f7e8bb8ca1cbdcd939c2155e8e55aa2047eaf3f69c9e11a19a3e4bfac1fe8",
+                   "8c023c8d4778c494f2c327237b300e7eb27e6a7e82ff9fac45cf326f7787dfc0"),
+    "dae-cxr-64-300k": ("49086c291c832071f56cb0ee23fb3e47de4aa753b929bbf8e93ff5528a961aad",
+                        "6fca77961bc7da28e3f92d1a877de3cc359650456e9a11d3cd1bd9ad0f599b99"),
+}
 
 
 def available() -> dict[str, Path]:
@@ -14,6 +25,19 @@ def available() -> dict[str, Path]:
     if not PRETRAINED_DIR.is_dir():
         return {}
     return {p.name: p for p in sorted(PRETRAINED_DIR.iterdir()) if (p / "model.json").exists()}
+
+
+def check_pinned(folder, doc: dict) -> None:
+    """Refuse a bundle inside ``pretrained/`` whose model.json or weights differ from the pinned release (or that
+    has no pin); bundles elsewhere are not concerned."""
+    folder = Path(folder).resolve()
+    if folder.parent != PRETRAINED_DIR.resolve():
+        return
+    pin = PINNED.get(folder.name)
+    got = (document_digest(doc), str((doc.get("weights") or {}).get("sha256")))
+    if pin is None or got != pin:
+        raise BundleError(f"shipped model {folder.name}: " + ("is not pinned in cxrad.bundles.shipped.PINNED"
+                          if pin is None else "differs from the released files (altered); reinstall cxrad"))
 
 
 def default_name() -> str | None:

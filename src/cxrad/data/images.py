@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrad.data.manifests import NPZ_SEP, _npz_array
+from cxrad.data.manifests import _npz_array, npz_reference
 from cxrad.data.splits import add_hashes, patient_groups, split_by_patient
 from cxrad.errors import DataError, ImageReadError
-from cxrad.files import atomic_open, remove_stale_temporaries
-from cxrad.imaging import Preprocessing, decode_image, read_bytes, resize
+from cxrad.files import UnsafeFileError, atomic_open, open_regular_file, regular_file_size, remove_stale_temporaries
+from cxrad.imaging import MAX_FILE_BYTES, Preprocessing, decode_image, read_bytes, resize
+from cxrad.imaging.bounds import FILE_BUDGET
 
 #: a manifest column keeping each row's place in the input, so scored and unreadable rows can be merged in order
 ORDER = "_input_row"
@@ -25,11 +27,25 @@ ORDER = "_input_row"
 STALE_CACHE_TMP_S = 3600.0
 
 
-def _decode(path: str) -> np.ndarray:
-    if NPZ_SEP in path:
+def read_source(path: str) -> tuple[bytes | np.ndarray, str]:
+    """(content, SHA-256 of that content) of a file (its bytes) or of an npz entry (its array): what is hashed is
+    what is decoded, so a file replaced between the two can never put its pixels under the other's hash."""
+    if npz_reference(path):
         arr = _npz_array(path)
-        return (arr.astype(np.float32) / 255.0) if arr.ndim == 2 else arr.mean(-1).astype(np.float32) / 255.0
-    return decode_image(read_bytes(path), Path(path).suffix, keep_uint8=True)
+        return arr, hashlib.sha256(arr.tobytes()).hexdigest()
+    data = read_bytes(path)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def decode_source(path: str, content: bytes | np.ndarray) -> np.ndarray:
+    if isinstance(content, np.ndarray):  # an npz entry: uint8 grey or RGB
+        return (content.astype(np.float32) / 255.0) if content.ndim == 2 else \
+            content.mean(-1).astype(np.float32) / 255.0
+    return decode_image(content, Path(path).suffix, keep_uint8=True)
+
+
+def _decode(path: str) -> np.ndarray:
+    return decode_source(path, read_source(path)[0])
 
 
 def prep_key(prep: Preprocessing) -> str:
@@ -54,15 +70,32 @@ def _try_cache(path: Path, arr: np.ndarray) -> None:
 
 
 def _cached(path: Path, shape: tuple, mmap: bool = False) -> np.ndarray | None:
-    """A cache entry if it is intact: a readable uint8 array of ``shape``; None if it is missing
-    or damaged in any way (zero bytes, truncated, garbage, another array), so that the caller rebuilds it."""
+    """A cache entry if it is intact: a regular file holding a uint8 .npy array of ``shape``; None if it is
+    missing or damaged in any way (zero bytes, truncated, garbage, another array), so that the caller rebuilds
+    it. Anything else at the entry's name (a FIFO, a device, a symlink to one) is never read: no hang."""
+    shape = tuple(shape)
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except Exception:  # np.load raises ValueError, EOFError, OSError, ... depending on the damage
+        fh = open_regular_file(path, sys.maxsize)
+    except (UnsafeFileError, OSError):
         return None
-    if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.shape != tuple(shape):
+    with fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            found, fortran, dtype = read_header(fh)
+            n = int(np.prod(shape, dtype=np.int64))
+            offset = fh.tell()
+            if dtype != np.uint8 or tuple(found) != shape or fortran or os.fstat(fh.fileno()).st_size < offset + n:
+                return None
+            if mmap:
+                return np.memmap(fh, dtype=np.uint8, mode="r", offset=offset, shape=shape)
+            data = fh.read(n)
+        except Exception:  # a damaged header raises ValueError, EOFError, OSError, ... depending on the damage
+            return None
+    if len(data) != n:
         return None
-    return arr
+    return np.frombuffer(bytearray(data), np.uint8).reshape(shape)
 
 
 @functools.lru_cache(maxsize=64)
@@ -132,41 +165,50 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
     """
     if isinstance(data, (str, os.PathLike)):
         data = [data]
+    # object dtype: pandas' default string dtype (Arrow) cannot hold a file name that is not valid UTF-8
     frame = data.copy() if isinstance(data, pd.DataFrame) else pd.DataFrame(
-        {"path": [str(p) for p in data], "label": 0})
+        {"path": pd.Series([os.fspath(p) for p in data], dtype=object), "label": 0})
     frame = frame.reset_index(drop=True)
     frame[ORDER] = np.arange(len(frame))
-    if "sha256" not in frame:
-        frame = add_hashes(frame, workers)
     cache = Path(cache_dir) / prep_key(prep) if cache_dir else None
     if cache is not None:
         _sweep_cache(str(cache))
     square = (prep.size, prep.size)
 
     set_file = None
-    if cache is not None and cache_set and (frame["sha256"] != "").all() and len(frame):
-        set_key = hashlib.sha256("\n".join(frame["sha256"]).encode()).hexdigest()[:32]
-        set_file = cache / "sets" / f"{set_key}.npy"
-        images = _cached(set_file, (len(frame), *square), mmap=True)
-        if images is not None:
-            return ImageSet(images, frame, prep)  # (a missing or damaged set file is rebuilt below)
+    if cache is not None and cache_set and len(frame):
+        known = add_hashes(frame, workers)
+        if (known["sha256"] != "").all():
+            set_key = hashlib.sha256("\n".join(known["sha256"]).encode()).hexdigest()[:32]
+            images = _cached(cache / "sets" / f"{set_key}.npy", (len(frame), *square), mmap=True)
+            if images is not None:
+                return ImageSet(images, known, prep)  # (a missing or damaged set file is rebuilt below)
 
     def one(i: int):
-        path, digest = frame.at[i, "path"], frame.at[i, "sha256"]
-        item = cache / digest[:2] / f"{digest}.npy" if cache is not None and digest else None
-        if item is not None:
-            arr = _cached(item, square)
-            if arr is not None:
-                return arr, None
+        """(image, error, SHA-256 of the content decoded): the file is read once, and the bytes hashed are the
+        bytes decoded, so a cache entry always holds the pixels of the content its name says."""
+        path, digest, item = frame.at[i, "path"], "", None
         try:
-            arr = resize(_decode(path), prep)
+            try:
+                size = 0 if npz_reference(path) else regular_file_size(path, MAX_FILE_BYTES)
+            except UnsafeFileError as exc:
+                raise ImageReadError(str(exc)) from None
+            with FILE_BUDGET.reserve(size):
+                content, digest = read_source(path)
+                item = cache / digest[:2] / f"{digest}.npy" if cache is not None else None
+                if item is not None:
+                    arr = _cached(item, square)
+                    if arr is not None:
+                        return arr, None, digest
+                arr = resize(decode_source(path, content), prep)
+                del content
         except ImageReadError as exc:
-            return None, str(exc)
+            return None, str(exc), digest
         except Exception as exc:  # a reader bug must not lose the rest of the batch
-            return None, f"unreadable ({type(exc).__name__}: {exc})"
+            return None, f"unreadable ({type(exc).__name__}: {exc})", digest
         if item is not None:
             _try_cache(item, arr)
-        return arr, None
+        return arr, None, digest
 
     iterator = range(len(frame))
     with ThreadPoolExecutor(workers) as pool:
@@ -175,12 +217,14 @@ def load_images(data, prep: Preprocessing, cache_dir=None, workers: int = 4, pro
             from tqdm.auto import tqdm
             results = tqdm(results, total=len(frame), desc="reading images", unit="img")
         results = list(results)
+    frame["sha256"] = [r[2] for r in results]
     ok = np.array([r[0] is not None for r in results], dtype=bool)
     images = np.stack([r[0] for r in results if r[0] is not None]) if ok.any() else \
         np.zeros((0, prep.size, prep.size), np.uint8)
     errors = frame.loc[~ok].assign(error=[r[1] for r in results if r[0] is None]).reset_index(drop=True)
-    if set_file is not None and cache_set and ok.all():
-        _try_cache(set_file, images)
+    if cache is not None and cache_set and ok.all() and len(frame):
+        set_key = hashlib.sha256("\n".join(frame["sha256"]).encode()).hexdigest()[:32]  # of what was decoded
+        _try_cache(cache / "sets" / f"{set_key}.npy", images)
     return ImageSet(images, frame[ok].reset_index(drop=True), prep, errors)
 
 

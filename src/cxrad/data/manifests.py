@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cxrad.errors import DataError, ImageReadError
-from cxrad.files import UnsafeFileError, read_regular_file, regular_file_size
+from cxrad.files import UnsafeFileError, read_regular_file, regular_file_size, walk_files
 from cxrad.imaging import IMAGE_SUFFIXES
 
 MANIFEST_COLUMNS = ["path", "label", "finding", "patient_id", "source", "orig_split"]
@@ -25,6 +25,9 @@ NPZ_SEP = "::"  # "file.npz::test[12]" names one array of a MedMNIST file
 SAMPLES = Path(__file__).parent / "samples"
 MAX_MANIFEST_BYTES = 1024 * 2**20
 MAX_NPZ_BYTES = 4 * 2**30
+#: most bytes the image arrays of one npz may inflate to (a small zip can hold gigabytes of zeros)
+MAX_NPZ_IMAGE_BYTES = 2 * 2**30
+_NPZ_ITEM = re.compile(r"(\w+)\[(\d+)\]")
 #: a cache temporary this old is a killed writer's, not a live one's (other processes share the cache)
 def _empty_manifest() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in MANIFEST_COLUMNS})
@@ -60,7 +63,8 @@ def parse_label(value) -> int:
 
 
 def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files, _ = walk_files(root)  # no recursion limit, no symlinked folders
+    return [Path(p) for p in files if Path(p).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(p)]
 
 
 def from_folder(root, normal: tuple[str, ...] = ("NORMAL",), abnormal: tuple[str, ...] | None = None,
@@ -135,7 +139,7 @@ def from_csv(csv_path, root=None, source: str | None = None) -> pd.DataFrame:
         raise DataError(f"{csv_path}: a manifest needs a 'path' (or 'file') column and a 'label' column")
     base = Path(root) if root is not None else csv_path.parent
     out = pd.DataFrame({
-        "path": [p if os.path.isabs(p) or NPZ_SEP in p else str(base / p) for p in df[path_col]],
+        "path": [p if os.path.isabs(p) or npz_reference(p) else str(base / p) for p in df[path_col]],
         "label": [parse_label(v) for v in df["label"]],
     })
     for col in ("finding", "patient_id", "source", *EXTRA_COLUMNS):
@@ -221,20 +225,61 @@ def _open_npz(file):
     return np.load(file, allow_pickle=False)
 
 
+def npz_reference(path: str) -> tuple[str, str, int] | None:
+    """(npz file, split, index) if ``path`` names one image of an npz (``file.npz::test[12]``), else None. A path
+    that exists as a file (or a link) is always that file, whatever its name: ``scan::1.png`` or a file named
+    ``x::train[0]`` beside an npz ``x`` is read as itself, never as an array."""
+    path = str(path)
+    if NPZ_SEP not in path or os.path.lexists(path):
+        return None
+    file, _, item = path.rpartition(NPZ_SEP)
+    m = _NPZ_ITEM.fullmatch(item)
+    if not m or not file or not os.path.isfile(file):
+        return None
+    return file, m.group(1), int(m.group(2))
+
+
+def _npz_image_arrays(data) -> list[str]:
+    """The ``*_images`` members of an open npz, checked from their headers (before inflating anything) to hold
+    uint8 arrays of at most MAX_NPZ_IMAGE_BYTES together."""
+    names, total = [k for k in data.files if k.endswith("_images")], 0
+    for name in names:
+        with data.zip.open(f"{name}.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+        if dtype != np.uint8 or len(shape) not in (3, 4):
+            raise DataError(f"npz array {name} is {dtype} {shape}, not uint8 images")
+        total += int(np.prod(shape, dtype=np.int64))
+    if total > MAX_NPZ_IMAGE_BYTES:
+        raise DataError(f"npz image arrays would inflate to {total} bytes (limit {MAX_NPZ_IMAGE_BYTES})")
+    return names
+
+
 @functools.lru_cache(maxsize=4)
 def _npz_images(file: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
     """Every ``*_images`` array of an npz, read once (per file version) instead of once per image."""
     with _open_npz(file) as data:
-        return {k: data[k] for k in data.files if k.endswith("_images")}
+        return {k: data[k] for k in _npz_image_arrays(data)}
 
 
 def _npz_array(spec: str) -> np.ndarray:
-    file, _, item = spec.partition(NPZ_SEP)
-    m = re.fullmatch(r"(\w+)\[(\d+)\]", item)
-    if not m:
-        raise ImageReadError(f"bad npz reference {item!r}")
+    ref = npz_reference(spec)
+    if ref is None:
+        raise ImageReadError(f"not an npz reference: {spec!r}")
+    file, split, index = ref
     st = os.stat(file)
-    return _npz_images(file, st.st_mtime_ns, st.st_size)[f"{m.group(1)}_images"][int(m.group(2))]
+    try:
+        images = _npz_images(file, st.st_mtime_ns, st.st_size)
+    except DataError as exc:
+        raise ImageReadError(str(exc)) from None
+    except Exception as exc:  # a damaged archive
+        raise ImageReadError(f"unreadable npz ({type(exc).__name__}: {exc})") from None
+    key = f"{split}_images"
+    if key not in images or not 0 <= index < len(images[key]):
+        raise ImageReadError(f"npz has no image {split}[{index}]")
+    return images[key][index]
 
 
 def describe(df: pd.DataFrame) -> str:

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from cxrad.data.manifests import NPZ_SEP, _npz_array
+from cxrad.data.manifests import _npz_array, npz_reference
 from cxrad.files import open_regular_file
 from cxrad.imaging import MAX_FILE_BYTES
 
@@ -18,7 +18,7 @@ def file_hash(path: str) -> str:
     """SHA-256 of a file's bytes (of the array, for an npz entry); '' if unreadable. Only regular files of at
     most MAX_FILE_BYTES are hashed (checked before reading, so a device or a FIFO cannot hang it), in chunks."""
     try:
-        if NPZ_SEP in path:
+        if npz_reference(path):
             return hashlib.sha256(_npz_array(path).tobytes()).hexdigest()
         digest = hashlib.sha256()
         with open_regular_file(path, MAX_FILE_BYTES) as fh:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrad.bundles import read_bundle, resolve, write_bundle
+from cxrad.bundles import check_pinned, read_bundle, resolve, write_bundle
 from cxrad.data import DataError, ImageSet, as_imageset, fingerprint, hold_out_normals, with_labels
 import cxrad.detectors.thresholds as th
 from cxrad.detectors.chunks import PICTURES, graph_inputs, is_picture
@@ -296,9 +296,12 @@ class Detector(ParamsMixin):
         resolve_device(device)  # an unavailable device is the user's error, not a broken bundle
         path = resolve(path)
         doc, tensors = read_bundle(path, allow_unverified=allow_unverified)
+        check_pinned(path, doc)  # a shipped bundle must be the released one
         if doc.get("kind") != cls.kind:
             raise BundleError(f"{path}: holds a {doc.get('kind')!r} model, not a {cls.kind!r} one")
         det = cls.from_document(doc, device, where=str(path))
+        det.source_ = str(path)
+        det.weights_sha256_ = (doc.get("weights") or {}).get("sha256")
         model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         try:
             det.restore(model, doc.get("state") or {})
@@ -323,29 +326,28 @@ class Detector(ParamsMixin):
         for k, v in params.items():  # JSON has no tuples: give tuple-valued settings their type back
             if isinstance(defaults.get(k), tuple) and isinstance(v, list):
                 params[k] = tuple(v)
+        _check_document(doc, where)
         try:
             det = cls(**params, device=device).check_settings()
-            if Preprocessing(**doc["preprocessing"]) != det.prep:
-                raise BundleError(f"{where}: preprocessing {doc['preprocessing']} does not match the model's "
-                                  f"input ({det.prep.to_dict()})")
-            det.thresholds_ = {str(k): float(v) for k, v in doc["thresholds"].items()}
-            det.threshold_rule_ = str(doc["threshold_rule"])
-            if det.threshold_rule_ not in det.thresholds_ or det.threshold_ != float(doc["threshold"]):
-                raise BundleError(f"{where}: the active threshold is not one of the stored ones")
-            det.history_ = doc.get("history", {})
-            td = doc.get("training_data") or {}
-            det.train_fingerprint_, det.n_train_, det.n_val_ = td.get("fingerprint"), td.get("n_train"), \
-                td.get("n_val")
-            det.train_hashes_ = td.get("image_sha256_prefixes")
-            det.normal_scores_ = np.sort(np.asarray(doc["normal_scores"], dtype=np.float64))
-        except BundleError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BundleError(f"{where}: malformed model.json ({type(exc).__name__}: {exc})") from None
-        values = list(det.thresholds_.values())
-        if not np.all(np.isfinite(values)) or det.normal_scores_.ndim != 1 or det.normal_scores_.size < 2 or \
-                not np.all(np.isfinite(det.normal_scores_)):
-            raise BundleError(f"{where}: thresholds and normal scores must be finite numbers (at least 2 scores)")
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: malformed model.json ({exc})") from None
+        try:
+            prep = Preprocessing(**doc["preprocessing"])
+        except ValueError as exc:
+            raise BundleError(f"{where}: malformed model.json (preprocessing: {exc})") from None
+        if prep != det.prep:
+            raise BundleError(f"{where}: preprocessing {doc['preprocessing']} does not match the model's "
+                              f"input ({det.prep.to_dict()})")
+        det.thresholds_ = {k: float(v) for k, v in doc["thresholds"].items()}
+        det.threshold_rule_ = doc["threshold_rule"]
+        if det.threshold_rule_ not in det.thresholds_ or det.threshold_ != float(doc["threshold"]):
+            raise BundleError(f"{where}: the active threshold is not one of the stored ones")
+        det.history_ = doc.get("history") or {}
+        td = doc.get("training_data") or {}
+        det.train_fingerprint_, det.n_train_, det.n_val_ = td.get("fingerprint"), td.get("n_train"), \
+            td.get("n_val")
+        det.train_hashes_ = td.get("image_sha256_prefixes")
+        det.normal_scores_ = np.sort(np.asarray(doc["normal_scores"], dtype=np.float64))
         return det
 
     # -------------------------------------------------------------------------------- subclass hooks
@@ -388,6 +390,8 @@ class Detector(ParamsMixin):
             setattr(self, attr, load_module(builders[attr], mine, self.device))
         for attr, key in self.fitted_arrays.items():
             if key in weights:
+                if weights[key].dtype not in (torch.float32, torch.float64):
+                    raise ValueError(f"array {key} is {weights[key].dtype}, not float32 or float64")
                 setattr(self, attr, weights[key].numpy())
 
     def architecture(self) -> dict:
@@ -470,10 +474,60 @@ class TrainedDetector(Detector):
     @classmethod
     def from_document(cls, doc: dict, device: str = "auto", where: str = "bundle") -> "Detector":
         det = super().from_document(doc, device, where)
-        state = doc.get("state") if isinstance(doc.get("state"), dict) else {}
-        det.epochs_done_ = state.get("epochs_done", det.epochs)
-        det.training_finished_ = bool(state.get("training_finished", True))
+        state = doc.get("state") or {}
+        done, finished = state.get("epochs_done", det.epochs), state.get("training_finished", True)
+        if not isinstance(done, int) or isinstance(done, bool) or done < 0 or not isinstance(finished, bool):
+            raise BundleError(f"{where}: malformed model.json (state: epochs_done must be a whole number and "
+                              "training_finished true or false)")
+        det.epochs_done_, det.training_finished_ = done, finished
         return det
+
+
+#: most held-out normal scores a bundle may hold (each scored image's percentile is taken among them)
+MAX_NORMAL_SCORES = 10**7
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_document(doc: dict, where: str) -> None:
+    """Every value of model.json that loading reads has the type and range it must have, so that a malformed
+    or hostile document is a one-line BundleError, never a raw traceback or a silently wrong model."""
+    def fail(what: str):
+        raise BundleError(f"{where}: malformed model.json ({what})")
+
+    prep = doc.get("preprocessing")
+    if not isinstance(prep, dict) or set(prep) != {"size", "resize"} or not isinstance(prep["size"], int) or \
+            isinstance(prep["size"], bool) or not isinstance(prep["resize"], str):
+        fail("preprocessing must be {size: int, resize: text}")
+    thresholds = doc.get("thresholds")
+    if not isinstance(thresholds, dict) or not thresholds or len(thresholds) > 1000 or \
+            not all(isinstance(k, str) and _is_number(v) and np.isfinite(v) for k, v in thresholds.items()):
+        fail("thresholds must map rule names to finite numbers")
+    if not isinstance(doc.get("threshold_rule"), str) or not _is_number(doc.get("threshold")):
+        fail("threshold_rule must be text and threshold a number")
+    scores = doc.get("normal_scores")
+    if not isinstance(scores, list) or not 2 <= len(scores) <= MAX_NORMAL_SCORES or \
+            not all(_is_number(v) and np.isfinite(v) for v in scores):
+        raise BundleError(f"{where}: thresholds and normal scores must be finite numbers (at least 2 scores)")
+    history = doc.get("history")
+    if history is not None and (not isinstance(history, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(_is_number(x) or x is None for x in v)
+            for k, v in history.items())):
+        fail("history must map names to lists of numbers")
+    td = doc.get("training_data")
+    if td is not None and (not isinstance(td, dict)
+                           or not isinstance(td.get("fingerprint"), (str, type(None)))
+                           or not all(td.get(k) is None or (isinstance(td[k], int) and not isinstance(td[k], bool)
+                                                            and td[k] >= 0) for k in ("n_train", "n_val"))
+                           or not (td.get("image_sha256_prefixes") is None or (
+                               isinstance(td["image_sha256_prefixes"], list)
+                               and all(isinstance(h, str) for h in td["image_sha256_prefixes"])))):
+        fail("training_data must hold a text fingerprint, image counts and text hashes")
+    state = doc.get("state")
+    if state is not None and not isinstance(state, dict):
+        fail("state must be a mapping")
 
 
 def finite_scores(scores, what: str, minimum: int = 2) -> np.ndarray:

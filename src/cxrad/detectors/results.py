@@ -2,6 +2,11 @@
 dashboard's download): ``path, score, <components>, percentile, anomalous, error``."""
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -49,7 +54,57 @@ def score_columns(table: pd.DataFrame, components=(), labelled: bool = False) ->
     return [c for c in ("path", *extra, "score", *components, "percentile", "anomalous", "error") if c in table]
 
 
+def _json_value(value):
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return str(value)
+
+
 def json_lines(rows: pd.DataFrame) -> str:
-    """One JSON object per row, each line ending in a newline (so appended batches never run together)."""
-    text = rows.to_json(orient="records", lines=True) if len(rows) else ""
-    return text if not text or text.endswith("\n") else text + "\n"
+    """One JSON object per row, each line ending in a newline (so appended batches never run together). Numbers
+    keep full precision, as in the CSV (the shortest text that reads back to the same float); a missing value is
+    null; text is written as it is (no ``\\/`` escapes)."""
+    columns = [str(c) for c in rows.columns]
+    return "".join(json.dumps(dict(zip(columns, map(_json_value, values))), ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":"))
+                   + "\n" for values in rows.itertuples(index=False, name=None))
+
+
+#: what a spreadsheet takes as the start of a formula (OWASP "CSV injection"); a cell starting with one is
+#: written with a leading single quote, and so is a cell that already starts with one (so reading back is exact)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(text: str) -> str:
+    """``text`` as a spreadsheet shows it literally: prefixed with ' if it starts like a formula (or with ')."""
+    return "'" + text if text.startswith((*FORMULA_START, "'")) else text
+
+
+def restore_cell(text: str) -> str:
+    """The inverse of ``neutralise_cell``."""
+    return text[1:] if text.startswith("'") else text
+
+
+def csv_text(table: pd.DataFrame, header: bool = True) -> str:
+    """``table`` as CSV for people and spreadsheets: every text cell neutralised against formula injection, and
+    every field holding a line break (``\\r`` included, which pandas leaves bare) quoted, so that a file name
+    can never split a row. Rows end in ``\\n``; numbers are written as pandas writes them (full precision)."""
+    table = table.copy()
+    for col in table.columns:
+        if table[col].dtype == object or pd.api.types.is_string_dtype(table[col]):
+            table[col] = table[col].map(lambda v: neutralise_cell(v) if isinstance(v, str) else v)
+    text = table.to_csv(index=False, header=header, lineterminator="\r\n")  # quotes any field with \r or \n
+    out, buf = [], io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    for row in csv.reader(io.StringIO(text, newline="")):
+        writer.writerow(row)
+        out.append(buf.getvalue()[:-2] + "\n")
+        buf.seek(0)
+        buf.truncate()
+    return "".join(out)

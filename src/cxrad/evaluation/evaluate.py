@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cxrad.data import ImageSet, load_images
-from cxrad.detectors.results import json_lines, score_columns
+from cxrad.detectors.results import csv_text, json_lines, score_columns
 from cxrad.files import atomic_write_text
 from cxrad.evaluation.metrics import binary_metrics, breakdown, class_means, component_aurocs, evaluate
 
@@ -17,7 +17,7 @@ def write_scores(table: pd.DataFrame, out: Path, components=(), labelled: bool =
     """``stem``.csv and ``stem``.jsonl (one JSON object per line); an error row's score and verdict are empty
     in the CSV and null in JSON."""
     table = table[score_columns(table, components, labelled)]
-    atomic_write_text(out / f"{stem}.csv", table.to_csv(index=False))
+    atomic_write_text(out / f"{stem}.csv", csv_text(table))
     atomic_write_text(out / f"{stem}.jsonl", json_lines(table))
 
 
@@ -48,7 +48,7 @@ def evaluate_model(det, data, out: Path | None = None, cache_dir=None, progress:
         out.mkdir(parents=True, exist_ok=True)
         write_scores(table, out, det.components)
         for name, t in tables.items():
-            atomic_write_text(out / f"{name}.csv", t.to_csv(index=False))
+            atomic_write_text(out / f"{name}.csv", csv_text(t))
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
     result["tables"] = tables
     result["scores"] = table  # per-image rows, in input order, for reports

@@ -23,6 +23,8 @@ MAX_DICOM_HEADER_BYTES = 16 * 1024 * 1024
 MAX_DECODE_SIDE = 2048
 # Memory that decodes running at the same time may reserve together (bytes).
 DECODE_MEMORY_BYTES = 512 * 1024 * 1024
+# Memory that the bytes of files being read and decoded at the same time may take together (bytes).
+FILE_MEMORY_BYTES = 512 * 1024 * 1024
 
 # pixels converted at a time when a large image is reduced
 STRIP_PIXELS = 2**19
@@ -50,6 +52,9 @@ class MemoryBudget:
 
 
 DECODE_BUDGET = MemoryBudget(DECODE_MEMORY_BYTES)
+#: held while a file's bytes are in memory (read, hashed, decoded): four threads each reading a 250 MB file wait
+#: for each other instead of holding a gigabyte (a decode's own budget comes on top of this one, never under it)
+FILE_BUDGET = MemoryBudget(FILE_MEMORY_BYTES)
 
 
 # -------------------------------------------------------------------------------------------------- helpers

@@ -15,8 +15,13 @@ from cxrad.imaging.bounds import (MAX_DICOM_FRAME_BYTES, MAX_DICOM_HEADER_BYTES,
                                   MAX_FILE_BYTES, MAX_PIXELS, _block_mean, _reason, _reduction)
 
 _PIXEL_TAGS = {0x7FE00010: "Pixel Data", 0x7FE00008: "Float Pixel Data", 0x7FE00009: "Double Float Pixel Data"}
+#: header elements larger than this are skipped, never copied (a 250 MB private tag would otherwise be read
+#: into memory a second time); LUTs (at most 65,536 16-bit entries) and every value decoding uses are smaller
+DEFER_BYTES = 1024 * 1024
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
+_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT",
+                "YBR_RCT"}
+_ONE_SAMPLE = {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"}
 
 
 class _PixelStop:
@@ -99,11 +104,12 @@ def _dicom_header(data: bytes):
     tsyntax = (file_meta or {}).get("TransferSyntaxUID")
     if tsyntax == uid.DeflatedExplicitVRLittleEndian:
         stream = _Inflater(data[meta_end:], MAX_DICOM_HEADER_BYTES)
-        ds = read_dataset(stream, is_implicit_VR=False, is_little_endian=True, stop_when=stop)
+        ds = read_dataset(stream, is_implicit_VR=False, is_little_endian=True, stop_when=stop,
+                          defer_size=DEFER_BYTES)
         ds.file_meta = file_meta
         return ds, stream, uid.ExplicitVRLittleEndian, stop.tag
     stream = io.BytesIO(data)
-    ds = read_partial(stream, stop_when=stop, force=True)
+    ds = read_partial(stream, stop_when=stop, force=True, defer_size=DEFER_BYTES)
     if not tsyntax:  # no File Meta: the encoding pydicom recognised
         implicit, little = ds.original_encoding
         tsyntax = uid.ImplicitVRLittleEndian if implicit else (
@@ -164,13 +170,28 @@ def _check_dicom_header(ds, pixel_tag) -> tuple[int, int, int, int, int, str]:
     bits = _header_int(ds, "BitsAllocated", low=1, high=64)
     if bits not in (1, 8, 16, 32):
         raise ImageReadError(f"DICOM BitsAllocated {bits} is not supported (1, 8, 16 or 32)")
-    _header_int(ds, "BitsStored", bits, low=1, high=bits)
+    stored = _header_int(ds, "BitsStored", bits, low=1, high=bits)
+    high_bit = _header_int(ds, "HighBit", stored - 1, low=0, high=bits - 1)
+    if high_bit != stored - 1:  # pydicom reads the low BitsStored bits whatever HighBit says
+        raise ImageReadError(f"DICOM HighBit {high_bit} is not BitsStored - 1 ({stored - 1}); such a bit layout "
+                             "is not supported")
     _header_int(ds, "PixelRepresentation", 0, low=0, high=1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
     if photometric not in _PHOTOMETRIC:
         raise ImageReadError(f"DICOM photometric interpretation {photometric[:20]!r} is not supported")
-    if (samples == 1) != photometric.startswith("MONOCHROME"):
+    if (samples == 1) != (photometric in _ONE_SAMPLE):
         raise ImageReadError(f"DICOM {photometric} with {samples} sample(s) per pixel is inconsistent")
+    if photometric == "PALETTE COLOR":
+        for colour in ("Red", "Green", "Blue"):
+            descriptor = ds.get(f"{colour}PaletteColorLookupTableDescriptor")
+            if descriptor is None or f"{colour}PaletteColorLookupTableData" not in ds:
+                raise ImageReadError("DICOM PALETTE COLOR image has no palette (its colour lookup tables)")
+            try:
+                entry_bits = int(descriptor[2])
+            except Exception:
+                raise ImageReadError("DICOM PALETTE COLOR lookup table descriptor is malformed") from None
+            if entry_bits not in (8, 16):
+                raise ImageReadError(f"DICOM PALETTE COLOR lookup table has {entry_bits}-bit entries (8 or 16)")
     frame_bytes = math.ceil(rows * cols * samples * bits / 8)
     if frame_bytes > MAX_DICOM_FRAME_BYTES:
         raise ImageReadError(f"DICOM frame too large ({frame_bytes} bytes, limit {MAX_DICOM_FRAME_BYTES})")
@@ -178,10 +199,25 @@ def _check_dicom_header(ds, pixel_tag) -> tuple[int, int, int, int, int, str]:
         raise ImageReadError(f"DICOM declares too much pixel data ({frames} frames of {cols}x{rows}, "
                              f"{frame_bytes * frames} bytes, limit {MAX_DICOM_PIXEL_BYTES})")
     # values the LUTs will use: refused here rather than turned into NaN (or a blank image) later
-    slope = _header_float(ds, "RescaleSlope", 1.0)
-    _header_float(ds, "RescaleIntercept", 0.0)
+    slope, intercept = _header_float(ds, "RescaleSlope"), _header_float(ds, "RescaleIntercept")
     if slope == 0:
         raise ImageReadError("DICOM RescaleSlope is 0")
+    if (slope is None) != (intercept is None):
+        # the standard requires both; one alone means the other's default. Set it, so that pydicom (which
+        # skips the rescale unless both are there) and the value range below apply the same transform
+        if slope is None:
+            ds.RescaleSlope = "1"
+        else:
+            ds.RescaleIntercept = "0"
+    elif slope is None and ("RescaleSlope" in ds or "RescaleIntercept" in ds):
+        for keyword in ("RescaleSlope", "RescaleIntercept"):  # both empty: no rescale
+            if keyword in ds:
+                del ds[keyword]
+    slope, intercept = 1.0 if slope is None else slope, 0.0 if intercept is None else intercept
+    lo, hi = _stored_range(ds, bits)
+    if not all(math.isfinite(v) for v in (lo * slope + intercept, hi * slope + intercept)):
+        raise ImageReadError(f"DICOM RescaleSlope {slope:g} and RescaleIntercept {intercept:g} take the pixel "
+                             "values beyond any number")
     if "WindowCenter" in ds or "WindowWidth" in ds:
         center, width = _header_float(ds, "WindowCenter"), _header_float(ds, "WindowWidth")
         if center is None or width is None:
@@ -192,6 +228,13 @@ def _check_dicom_header(ds, pixel_tag) -> tuple[int, int, int, int, int, str]:
         if seq in ds:
             _lut_bits(ds, seq)
     return rows, cols, frames, samples, bits, photometric
+
+
+def _stored_range(ds, bits: int) -> tuple[int, int]:
+    stored = int(ds.get("BitsStored", bits) or bits)
+    if int(ds.get("PixelRepresentation", 0) or 0):
+        return -(2 ** (stored - 1)), 2 ** (stored - 1) - 1
+    return 0, 2 ** stored - 1
 
 
 def _lut_bits(ds, seq: str) -> int:
@@ -225,6 +268,12 @@ def _first_frame_dataset(ds, stream, tsyntax, frames: int):
     else:
         length = struct.unpack(("<" if little else ">") + "H", head[6:8])[0] if head[4:6] not in _LONG_VRS else \
             struct.unpack(("<" if little else ">") + "I", _read_exact(stream, 4))[0]
+    if not tsyntax.is_encapsulated:
+        total = get_expected_length(ds, "bytes")  # all the frames the header declares
+        # a few bytes of padding are common; more is pixel data that does not have the declared geometry
+        if length != 0xFFFFFFFF and length > total + max(total % 2, total // 16):
+            raise ImageReadError(f"DICOM pixel data holds {length} bytes, more than its {frames} frame(s) of "
+                                 f"{ds.Columns}x{ds.Rows} ({total} bytes)")
     ds.NumberOfFrames = 1  # what the new Pixel Data holds
     if isinstance(stream, _Inflater):  # past the header: inflate as far as the first frame, no further
         stream.limit = stream.tell() + MAX_DICOM_FRAME_BYTES
@@ -234,9 +283,8 @@ def _first_frame_dataset(ds, stream, tsyntax, frames: int):
             raise ImageReadError("DICOM pixel data is shorter than one frame")
         frame = _read_exact(stream, frame_bytes)
     else:
-        if length != 0xFFFFFFFF:
-            raise ImageReadError("DICOM encapsulated pixel data must have an undefined length")
-        rest = stream.read(MAX_FILE_BYTES)
+        # encapsulated data normally has an undefined length; a defined one (some writers) bounds it
+        rest = stream.read(MAX_FILE_BYTES if length == 0xFFFFFFFF else length)
         try:
             frame = get_frame(rest, 0, number_of_frames=frames)
         except Exception as exc:
@@ -251,11 +299,13 @@ def _first_frame_dataset(ds, stream, tsyntax, frames: int):
 
 
 def _check_encapsulated_frame(frame: bytes, ds, tsyntax) -> None:
-    """Refuse a compressed frame that would decode to more than the header declares: an RLE stream can
-    expand 64-fold, and Pillow decodes a JPEG at the size its own header states."""
+    """Refuse a compressed frame that would decode to more than the header declares, before a decoder sees it:
+    an RLE stream can expand 64-fold, and JPEG, JPEG-LS and JPEG 2000 decoders allocate what their own
+    codestream states (its size, components and precision must be the header's). Syntaxes not checked here
+    are not decoded."""
     from pydicom import uid
 
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    rows, cols, samples, bits = int(ds.Rows), int(ds.Columns), int(ds.SamplesPerPixel), int(ds.BitsAllocated)
     if tsyntax == uid.RLELossless:
         if len(frame) < 64:
             raise ImageReadError("DICOM RLE frame is truncated")
@@ -266,13 +316,91 @@ def _check_encapsulated_frame(frame: bytes, ds, tsyntax) -> None:
         for a, b in zip(offsets, offsets[1:]):
             if _rle_length(frame, a, b, rows * cols + 1) > rows * cols + 1:
                 raise ImageReadError("DICOM RLE segment decodes to more than the declared image size")
-    elif tsyntax in (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEG2000Lossless, uid.JPEG2000):
-        try:
-            size = Image.open(io.BytesIO(frame), formats=("JPEG", "JPEG2000")).size
-        except Exception as exc:
-            raise ImageReadError(f"DICOM compressed frame is not readable ({_reason(exc)})") from None
-        if size != (cols, rows):
-            raise ImageReadError(f"DICOM compressed frame is {size[0]}x{size[1]}, header says {cols}x{rows}")
+        return
+    if tsyntax in JPEG_SYNTAXES:
+        geometry = jpeg_geometry(frame)
+    elif tsyntax in J2K_SYNTAXES:
+        geometry = j2k_geometry(frame)
+    else:
+        raise ImageReadError(f"DICOM transfer syntax {tsyntax.name or str(tsyntax)[:64]} is not supported")
+    if geometry is None:
+        raise ImageReadError(f"DICOM compressed frame is not a readable {tsyntax.name} codestream")
+    width, height, components, precision = geometry
+    if (width, height) != (cols, rows):
+        raise ImageReadError(f"DICOM compressed frame is {width}x{height}, header says {cols}x{rows}")
+    if components != samples:
+        raise ImageReadError(f"DICOM compressed frame has {components} component(s), header says {samples}")
+    if not 1 <= precision <= min(bits, 16):
+        raise ImageReadError(f"DICOM compressed frame has {precision}-bit samples, header allocates {bits} bits")
+
+
+def _syntaxes(*names: str) -> frozenset:
+    from pydicom import uid
+    return frozenset(getattr(uid, n) for n in names if hasattr(uid, n))
+
+
+#: encapsulated syntaxes decoded (through pylibjpeg, pyjpegls or Pillow) once their codestream is checked
+JPEG_SYNTAXES = _syntaxes("JPEGBaseline8Bit", "JPEGExtended12Bit", "JPEGLossless", "JPEGLosslessSV1",
+                          "JPEGLSLossless", "JPEGLSNearLossless")
+J2K_SYNTAXES = _syntaxes("JPEG2000Lossless", "JPEG2000", "HTJ2KLossless", "HTJ2KLosslessRPCL", "HTJ2K")
+#: JPEG frame headers: SOF0-3, 5-7, 9-11, 13-15, and JPEG-LS SOF55 (each: precision, height, width, components)
+_SOF_MARKERS = {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7}
+_NO_LENGTH = {0x01, *range(0xD0, 0xD9)}  # TEM, RSTn, SOI
+
+
+def jpeg_geometry(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, components, precision) from a JPEG or JPEG-LS codestream's frame header; None if there
+    is none before the first scan (or it declares no height: a DNL marker would set it later)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _NO_LENGTH:
+            pos += 2
+            continue
+        length = struct.unpack_from(">H", data, pos + 2)[0]
+        if marker in _SOF_MARKERS:
+            if length < 8 or pos + 10 > len(data):
+                return None
+            precision, height, width, components = struct.unpack_from(">BHHB", data, pos + 4)
+            return (width, height, components, precision) if height and width else None
+        if marker == 0xDA or length < 2:  # a scan before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
+def j2k_geometry(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, components, precision of the first) from a JPEG 2000 codestream's SIZ segment (also
+    inside a JP2 file); None if it has none."""
+    if data[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":  # a JP2 file: find the contiguous codestream box
+        pos = 0
+        while pos + 8 <= len(data):
+            size, kind = struct.unpack_from(">I4s", data, pos)
+            header = 8
+            if size == 1 and pos + 16 <= len(data):
+                size, header = struct.unpack_from(">Q", data, pos + 8)[0], 16
+            if kind == b"jp2c":
+                data = data[pos + header:]
+                break
+            if size < header:
+                return None
+            pos += size
+        else:
+            return None
+    if data[:4] != b"\xff\x4f\xff\x51" or len(data) < 4 + 38 + 3:
+        return None
+    xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", data, 8)
+    components = struct.unpack_from(">H", data, 40)[0]
+    if not components or len(data) < 42 + 3 * components or xsiz <= xo or ysiz <= yo:
+        return None
+    return xsiz - xo, ysiz - yo, components, (data[42] & 0x7F) + 1
 
 
 def _rle_length(src: bytes, start: int, end: int, cap: int) -> int:
@@ -289,11 +417,23 @@ def _rle_length(src: bytes, start: int, end: int, cap: int) -> int:
     return n
 
 
+def _lut_for_pydicom(ds, seq: str) -> None:
+    """pydicom reads LUT entries as uint<bits> (no 'uint12') and a VOI table only at 8 or 10-16 bits: give it the
+    container width (8 or 16 bits) that the entries are stored in; the value range keeps the real depth."""
+    item = ds[seq].value[0]
+    if "LUTDescriptor" in item:
+        n, first, bits = (int(v) for v in item.LUTDescriptor)
+        if bits not in (8, 16) and not (seq == "VOILUTSequence" and 10 <= bits <= 16):
+            item.LUTDescriptor = [n, first, 8 if bits < 8 else 16]
+
+
 def _dicom_to_grey(data: bytes) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
     try:  # pydicom raises many types for corrupt files, some only when an element is first used
         ds, stream, tsyntax, pixel_tag = _dicom_header(data)
+        if not tsyntax.is_transfer_syntax:
+            raise ImageReadError(f"DICOM transfer syntax {str(tsyntax)[:64]!r} is not a known transfer syntax")
         rows, cols, frames, samples, bits, photometric = _check_dicom_header(ds, pixel_tag)
     except ImageReadError:
         raise
@@ -302,11 +442,17 @@ def _dicom_to_grey(data: bytes) -> np.ndarray:
     factor = _reduction(cols, rows)
     decoded = rows * cols * samples * max(1, bits // 8)
     estimate = math.ceil(rows * cols * samples * bits / 8) + 2 * decoded + 24 * (rows // factor) * (cols // factor)
+    if tsyntax.is_encapsulated:  # the decoders' own buffers: 32-bit samples (OpenJPEG, libjpeg)
+        estimate += 4 * rows * cols * samples
+    if photometric == "PALETTE COLOR":  # the RGB the palette gives, 16 bits a channel at most
+        estimate += 6 * rows * cols
     with bounds.DECODE_BUDGET.reserve(estimate):
         try:
             ds = _first_frame_dataset(ds, stream, tsyntax, frames)
             del stream
             arr = pixel_array(ds, index=0)
+            if photometric == "PALETTE COLOR":
+                arr = apply_color_lut(arr, ds)
         except ImageReadError:
             raise
         except Exception as exc:
@@ -314,29 +460,53 @@ def _dicom_to_grey(data: bytes) -> np.ndarray:
         del ds.PixelData
         if arr.shape[:2] != (rows, cols):
             raise ImageReadError(f"DICOM pixel data has shape {arr.shape}, header says {rows}x{cols}")
-        if arr.ndim == 3:  # colour (secondary capture): average the channels
-            out = _block_mean(arr[..., :3], factor).astype(np.float32).mean(axis=-1)
-            lo, hi = 0.0, float(2 ** min(int(ds.get("BitsStored", 8)), bits) - 1)
+        if arr.ndim == 3:  # colour (secondary capture, palette): average the channels
+            out = _block_mean(arr[..., :3], factor).astype(np.float64).mean(axis=-1)
+            if photometric == "PALETTE COLOR":  # the palette's entries: 8 or 16 bits
+                lo, hi = 0.0, float(np.iinfo(arr.dtype).max if arr.dtype.kind == "u" else 1.0)
+            else:
+                lo, hi = 0.0, float(2 ** min(int(ds.get("BitsStored", 8)), bits) - 1)
+            contrast_in = False  # no value transform to check
         else:
             small = _block_mean(arr, factor)
             del arr
-            if factor > 1 and ("ModalityLUTSequence" in ds or "VOILUTSequence" in ds):
+            uses_lut = "ModalityLUTSequence" in ds or "VOILUTSequence" in ds
+            if factor > 1 and uses_lut:
                 small = np.rint(small).astype(np.int64)  # LUT tables are indexed by whole stored values
+            contrast_in = float(np.ptp(small)) > 0
             has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
             try:
-                out = apply_modality_lut(small, ds).astype(np.float32)  # RescaleSlope / RescaleIntercept
+                lo, hi = _dicom_output_range(ds, voi_lut="VOILUTSequence" in ds)  # (pydicom prefers the table)
+                for seq in ("ModalityLUTSequence", "VOILUTSequence"):
+                    if seq in ds:
+                        _lut_for_pydicom(ds, seq)
+                # float64 throughout: float32 cannot hold a large intercept and a 16-bit range at once
+                out = apply_modality_lut(small, ds)  # RescaleSlope / RescaleIntercept, or the LUT
+                out = out.astype(np.float64) if out.dtype != np.float64 else out
                 if has_voi:
-                    out = apply_voi_lut(out, ds, index=0).astype(np.float32)
+                    voi = np.rint(out).astype(np.int64) if "VOILUTSequence" in ds else out  # a table: whole values
+                    voi = np.asarray(apply_voi_lut(voi, ds, index=0), np.float64)
+                    if contrast_in and np.ptp(voi) == 0:
+                        # a window or table that maps every pixel to one value (a window far outside the
+                        # pixel values, say) is no view of this image: show the modality values instead
+                        lo, hi = _dicom_output_range(ds, voi_lut=False)
+                    else:
+                        out = voi
+                    del voi
+            except ImageReadError:
+                raise
             except Exception as exc:
                 raise ImageReadError(f"DICOM modality or VOI transform failed ({_reason(exc)})") from None
             # Scale by the range the header defines (stored bits through the modality LUT, or the VOI LUT's
             # output), not by this image's min/max: a stretch would undo the window and ignore the bit depth.
-            lo, hi = _dicom_output_range(ds, voi_lut=has_voi and "WindowCenter" not in ds)
     if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
         raise ImageReadError("DICOM header gives no usable value range")
     if not np.isfinite(out).all():
         raise ImageReadError("DICOM pixel values are not finite after the modality and VOI transforms")
     out = np.clip((out - lo) / (hi - lo), 0.0, 1.0)
+    if contrast_in and np.ptp(out) == 0:  # header values that flatten a real image
+        raise ImageReadError("DICOM rescale values leave a blank image (every pixel one value); the header is "
+                             "wrong for this pixel data")
     if photometric == "MONOCHROME1":  # 0 = white in MONOCHROME1
         out = 1.0 - out
     return out.astype(np.float32)
@@ -348,10 +518,7 @@ def _dicom_output_range(ds, voi_lut: bool) -> tuple[float, float]:
         return 0.0, float(2 ** _lut_bits(ds, "VOILUTSequence") - 1)
     if "ModalityLUTSequence" in ds:
         return 0.0, float(2 ** _lut_bits(ds, "ModalityLUTSequence") - 1)
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if int(ds.get("PixelRepresentation", 0)) else (0, 2 ** bits - 1)
+    lo, hi = _stored_range(ds, int(ds.get("BitsAllocated", 16)))
     slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
     lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
     return float(lo), float(hi)
-
-

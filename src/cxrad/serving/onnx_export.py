@@ -30,7 +30,11 @@ from cxrad.detectors.chunks import CHUNK, PICTURES, graph_inputs, is_picture, ru
 from cxrad.errors import ExportError
 from cxrad.files import UnsafeFileError, atomic_write_bytes, atomic_write_text, read_regular_file
 
-FORMAT, FORMAT_VERSION = "cxrad-onnx", 2
+FORMAT, FORMAT_VERSION = "cxrad-onnx", 3
+#: versions read: 2 (the ONNX file checksummed by the sidecar), 3 (and the sidecar by the ONNX file's metadata)
+READABLE_VERSIONS = (2, 3)
+#: the ONNX metadata_props key holding the sidecar's canonical SHA-256 (format 3)
+SIDECAR_DIGEST_KEY = "cxrad_sidecar_sha256"
 SIDECAR_SUFFIX = ".cxrad.json"
 DEFAULT_OPSET = 20
 MAX_SIDECAR_BYTES = 64 * 2**20
@@ -89,18 +93,20 @@ def export_onnx(det, out, opset: int = DEFAULT_OPSET) -> tuple[Path, Path]:
             cause = cause.__cause__
         first = re.sub(r"\x1b\[[0-9;]*m", "", (str(cause).strip().splitlines() or [type(cause).__name__])[0])
         raise ExportError(f"torch.onnx.export failed for this {det.kind} detector ({first})") from exc
-    data = program.model_proto.SerializeToString()
     onnx_path, sidecar = export_paths(out)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(onnx_path, data)
     from cxrad.version import __version__
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": det.kind, "cxrad": __version__,
-           "onnx": {"file": onnx_path.name, "sha256": hashlib.sha256(data).hexdigest(), "opset": opset},
            "inputs": inputs, "outputs": list(graph.outputs), "components": list(det.components),
            "lower_is_anomalous": list(det.lower_is_anomalous), "preprocessing": det.prep.to_dict(),
            "chunk": CHUNK, "threshold": float(det.threshold_), "threshold_rule": det.threshold_rule_,
            "thresholds": {k: float(v) for k, v in det.thresholds_.items()},
            "normal_scores": [float(v) for v in det.normal_scores_]}
+    proto = program.model_proto
+    proto.metadata_props.add(key=SIDECAR_DIGEST_KEY, value=sidecar_digest(json.loads(json.dumps(doc))))
+    data = proto.SerializeToString()
+    doc["onnx"] = {"file": onnx_path.name, "sha256": hashlib.sha256(data).hexdigest(), "opset": opset}
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(onnx_path, data)
     atomic_write_text(sidecar, json.dumps(doc, indent=1))
     return onnx_path, sidecar
 
@@ -133,6 +139,14 @@ def is_export(path) -> bool:
     return path.name.endswith(SIDECAR_SUFFIX) or export_paths(path)[1].is_file()
 
 
+def sidecar_digest(doc: dict) -> str:
+    """SHA-256 of a sidecar's canonical JSON less its ``onnx`` entry (which names the ONNX file): what a format-3
+    ONNX file records in its metadata, so an edited sidecar is caught."""
+    body = {k: v for k, v in doc.items() if k != "onnx"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                          .encode("utf-8")).hexdigest()
+
+
 def read_sidecar(path) -> tuple[dict, Path]:
     """(sidecar document, ONNX file) of an export: its folder, its .onnx file or its sidecar. Every value the
     scorer uses is checked here: a sidecar is input from outside."""
@@ -148,34 +162,57 @@ def read_sidecar(path) -> tuple[dict, Path]:
         raise ExportError(f"{sidecar}: {exc}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ExportError(f"{sidecar}: unreadable sidecar ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or isinstance(doc.get("format_version"), bool) or \
+            doc.get("format_version") not in READABLE_VERSIONS:
         raise ExportError(f"{sidecar}: not a cxrad ONNX sidecar of format version {FORMAT_VERSION} (export the model "
                           "again with this cxrad)")
     try:
         _check_sidecar(doc)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise ExportError(f"{sidecar}: malformed sidecar ({type(exc).__name__}: {exc})") from None
+        raise ExportError(f"{sidecar}: malformed sidecar ({exc})") from None
     name = str(doc["onnx"]["file"])
     if Path(name).name != name or not name.endswith(".onnx"):
         raise ExportError(f"{sidecar}: names an ONNX file outside its folder ({name!r})")
     return doc, sidecar.with_name(name)
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_sidecar(doc: dict) -> None:
+    """Raise ValueError naming the first value of the sidecar without the type or range the scorer needs."""
     from cxrad.imaging import Preprocessing
-    Preprocessing(**doc["preprocessing"])
-    if not isinstance(doc["onnx"]["sha256"], str) or not isinstance(doc["outputs"], list) or \
-            not all(isinstance(o, str) for o in doc["outputs"]):
-        raise ValueError("onnx.sha256 and outputs must be text")
-    for spec in doc["inputs"]:
-        Preprocessing(int(spec["size"]), str(spec["resize"]))
-    if not doc["inputs"] or int(doc["inputs"][0]["size"]) != int(doc["preprocessing"]["size"]):
+    onnx, prep = doc.get("onnx"), doc.get("preprocessing")
+    if not isinstance(onnx, dict) or not isinstance(onnx.get("file"), str) or not isinstance(onnx.get("sha256"), str):
+        raise ValueError("onnx must name the ONNX file and its sha256")
+    if not isinstance(prep, dict) or set(prep) != {"size", "resize"} or not isinstance(prep["size"], int):
+        raise ValueError("preprocessing must be {size: int, resize: text}")
+    Preprocessing(**prep)
+    if not isinstance(doc.get("kind"), str) or not isinstance(doc.get("threshold_rule"), str):
+        raise ValueError("kind and threshold_rule must be text")
+    for key in ("outputs", "components", "lower_is_anomalous"):
+        if not isinstance(doc.get(key, []), list) or not all(isinstance(o, str) for o in doc.get(key, [])):
+            raise ValueError(f"{key} must be a list of names")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not 1 <= len(inputs) <= 16 or not all(
+            isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("size"), int)
+            and not isinstance(i.get("size"), bool) and isinstance(i.get("resize"), str) for i in inputs):
+        raise ValueError("inputs must be 1 to 16 {name, size, resize} entries")
+    for spec in inputs:
+        Preprocessing(spec["size"], spec["resize"])
+    if inputs[0]["size"] != prep["size"]:
         raise ValueError("the first input must be at the preprocessing size")
-    if not 1 <= int(doc["chunk"]) <= 1024:
-        raise ValueError(f"chunk {doc['chunk']} is out of range")
-    values = [float(doc["threshold"]), *map(float, doc["thresholds"].values()), *map(float, doc["normal_scores"])]
-    if not all(math.isfinite(v) for v in values) or len(doc["normal_scores"]) < 2:
+    chunk = doc.get("chunk")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or not 1 <= chunk <= 1024:
+        raise ValueError(f"chunk {chunk!r} is not a whole number from 1 to 1024")
+    thresholds, scores = doc.get("thresholds"), doc.get("normal_scores")
+    if not isinstance(thresholds, dict) or not thresholds or not all(
+            isinstance(k, str) and _number(v) for k, v in thresholds.items()) or not _number(doc.get("threshold")) \
+            or not isinstance(scores, list) or len(scores) < 2 or not all(_number(v) for v in scores):
         raise ValueError("thresholds and normal scores must be finite numbers (at least 2 scores)")
+    if doc["threshold_rule"] not in thresholds or float(thresholds[doc["threshold_rule"]]) != float(doc["threshold"]):
+        raise ValueError("the active threshold is not one of the stored ones")
     if set(doc["components"]) - set(doc["outputs"]) or "score" not in doc["outputs"]:
         raise ValueError("the outputs must include the score and every component")
 
@@ -205,6 +242,11 @@ class OnnxScorer:
             self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for a bad model
             raise ExportError(f"{onnx_path}: onnxruntime cannot load it ({type(exc).__name__})") from None
+        if self.meta["format_version"] >= 3:
+            recorded = self.session.get_modelmeta().custom_metadata_map.get(SIDECAR_DIGEST_KEY)
+            if recorded != sidecar_digest(self.meta):
+                raise ExportError(f"{onnx_path}: its sidecar does not match the checksum the ONNX file records (an "
+                                  "edited or mixed-up sidecar); export the model again")
         self.kind = str(self.meta["kind"])
         self.prep = Preprocessing(**self.meta["preprocessing"])
         self.image_size = self.prep.size

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -23,10 +24,10 @@ import pandas as pd
 from cxrad.bundles import bundle_file_names
 from cxrad.data import load_images
 from cxrad.errors import UserError
-from cxrad.detectors.results import json_lines, score_columns
-from cxrad.files import atomic_open, atomic_write_text
+from cxrad.detectors.results import csv_text, json_lines, score_columns
+from cxrad.files import atomic_open, atomic_write_text, path_text
 from cxrad.bundles import resolve
-from cxrad.serving.streaming import read_scores
+from cxrad.serving.streaming import output_lock, read_scores
 
 SHARD_NAME = "scores-{:05d}"
 
@@ -84,30 +85,31 @@ def score_with_ray(model, files: list[str], out, address: str | None = None, act
         raise UserError("--shard-size and --batch-size must be at least 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shards = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
-    plan = {"shard_size": shard_size, "files": len(files),
-            "sha256": hashlib.sha256("\n".join(files).encode()).hexdigest()}
-    plan_path = out / "shards.json"
-    if resume and plan_path.exists() and json.loads(plan_path.read_text()) != plan:
-        raise UserError(f"--resume: {out} was scored with another file list or --shard-size; score into a new "
-                        "folder or give the same files and --shard-size")
-    if not resume:
-        for old in out.glob("scores-*.*"):
-            old.unlink()
-    atomic_write_text(plan_path, json.dumps(plan))
-    todo = [k for k in range(len(shards)) if not (resume and all(p.exists() for p in shard_paths(out, k)))]
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    try:
-        if todo:
-            actor_args = {"bundle_files": bundle_files(resolve(model)), "cache_dir": str(cache_dir) if cache_dir else None,
-                          "operating_point": operating_point}
-            _run(ray, actor_args, files, shards, todo, out, actors, batch_size, progress)
-    finally:
+    with output_lock(out):  # one run per output folder
+        shards = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
+        plan = {"shard_size": shard_size, "files": len(files),
+                "sha256": hashlib.sha256(b"\n".join(map(os.fsencode, files))).hexdigest()}
+        plan_path = out / "shards.json"
+        if resume and plan_path.exists() and json.loads(plan_path.read_text()) != plan:
+            raise UserError(f"--resume: {out} was scored with another file list or --shard-size; score into a new "
+                            "folder or give the same files and --shard-size")
+        if not resume:
+            for old in out.glob("scores-*.*"):
+                old.unlink()
+        atomic_write_text(plan_path, json.dumps(plan))
+        todo = [k for k in range(len(shards)) if not (resume and all(p.exists() for p in shard_paths(out, k)))]
+        started = not ray.is_initialized()
         if started:
-            ray.shutdown()
-    return merge_shards(out, len(shards))
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        try:
+            if todo:
+                actor_args = {"bundle_files": bundle_files(resolve(model)), "cache_dir": str(cache_dir) if cache_dir else None,
+                              "operating_point": operating_point}
+                _run(ray, actor_args, files, shards, todo, out, actors, batch_size, progress)
+        finally:
+            if started:
+                ray.shutdown()
+        return merge_shards(out, len(shards))
 
 
 def _run(ray, actor_args, files, shards, todo, out, actors, batch_size, progress) -> None:
@@ -136,11 +138,12 @@ def _run(ray, actor_args, files, shards, todo, out, actors, batch_size, progress
 
 def _write_shard(out: Path, shard: int, rows: pd.DataFrame) -> None:
     rows = rows.drop(columns="row")
+    rows["path"] = rows["path"].map(path_text)
     csv_path, jsonl_path = shard_paths(out, shard)
     with atomic_open(jsonl_path) as fh:
         fh.write(json_lines(rows).encode())
     with atomic_open(csv_path) as fh:
-        fh.write(rows.to_csv(index=False).encode())
+        fh.write(csv_text(rows).encode())
 
 
 def merge_shards(out: Path, n_shards: int) -> pd.DataFrame:

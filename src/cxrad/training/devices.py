@@ -42,5 +42,9 @@ def load_module(factory: Callable[[], nn.Module], weights: dict, device) -> nn.M
     a bundle that would build a huge network cannot allocate more than its size-capped weights file holds."""
     with torch.device("meta"):
         module = factory()
+    wanted = module.state_dict()
+    for name, tensor in weights.items():  # assign=True would keep a float16 or float64 tensor as it is
+        if name in wanted and tensor.dtype != wanted[name].dtype:
+            raise ValueError(f"weight {name} is {tensor.dtype}, the network needs {wanted[name].dtype}")
     module.load_state_dict(weights, assign=True)
     return module.to(resolve_device(device) if isinstance(device, str) else device).eval()

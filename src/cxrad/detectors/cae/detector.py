@@ -111,4 +111,6 @@ class CAEDetector(TrainedDetector):
     def restore(self, weights: dict, state: dict) -> None:
         super().restore(weights, state)
         self.kde_bandwidth_ = float(state["kde_bandwidth"])
+        if not (np.isfinite(self.kde_bandwidth_) and self.kde_bandwidth_ > 0):
+            raise ValueError(f"kde_bandwidth {self.kde_bandwidth_} is not a positive finite number")
         self.component_stats_ = {k: tuple(v) for k, v in state["component_stats"].items()}

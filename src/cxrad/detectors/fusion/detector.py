@@ -140,3 +140,5 @@ class FusionDetector(Detector):
             m.restore({k[len(f"{i}."):]: v for k, v in tensors.items() if k.startswith(f"{i}.")}, s["state"])
             self.members_.append(m)
         self.standardise_ = {k: (float(a), float(b)) for k, (a, b) in state["standardise"].items()}
+        if not all(np.isfinite(a) and np.isfinite(b) and b > 0 for a, b in self.standardise_.values()):
+            raise ValueError("standardise holds a non-finite centre or a scale that is not positive")

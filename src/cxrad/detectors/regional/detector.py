@@ -69,3 +69,5 @@ class RegionalDetector(Detector):
                              f"{self.grid} and scales {self.scales}")
         super().restore(tensors, state)
         self.shrinkage_ = float(state.get("shrinkage", 0.0))
+        if not 0.0 <= self.shrinkage_ <= 1.0:
+            raise ValueError(f"shrinkage {self.shrinkage_} is outside 0 to 1")

@@ -13,6 +13,7 @@ from cxrad.frontends.app.launch import ENV_MAX_MB, ENV_MODEL
 from cxrad.errors import BundleError
 from cxrad.detectors import load_detector
 from cxrad.bundles import available, default_name
+from cxrad.detectors.results import csv_text
 from cxrad.detectors.thresholds import operating_point
 
 PATH_OPTION = "A bundle folder (path)"
@@ -20,9 +21,11 @@ MODE_LABELS = {"stored": "Model's stored threshold", "specificity": "Target spec
                "sensitivity": "Target sensitivity"}
 
 
-def md(text: str) -> str:
-    """Escape Markdown in user-controlled text (file names)."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", text)
+def md(text) -> str:
+    """Escape Markdown in text that comes from outside (file names, error reasons quoting a file's values, bundle
+    paths): nothing in it can become a link, an image fetched by the browser, or HTML."""
+    text = re.sub(r"[\x00-\x1f\x7f]", " ", str(text))  # a line break could start a new Markdown block
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=@'\"])", r"\\\1", text)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
@@ -52,10 +55,10 @@ def choose_model():
     else:
         path = shipped[choice]
     meta = path / "model.json"  # replaced last when a bundle is written: its time stamps the version
-    try:
-        det = load_model(str(path.resolve()), meta.stat().st_mtime if meta.exists() else 0.0)
+    try:  # the path as typed: an error names it so, never the server's absolute path
+        det = load_model(str(path), meta.stat().st_mtime if meta.exists() else 0.0)
     except (BundleError, OSError, ValueError) as exc:
-        st.error(f"Cannot load the model: {exc}")
+        st.error(f"Cannot load the model: {md(exc)}")
         st.stop()
     with st.sidebar.expander("Model details"):
         st.write({"kind": det.kind, "input": f"{det.image_size} px, {det.resize}",
@@ -85,11 +88,11 @@ def choose_operating_point(det, model_key: str, max_bytes: int):
         files = [(f.name, f.getvalue()) for f in calib or []]
         scores, bad = logic.calibration_scores(score_cached(det, model_key, files, max_bytes, "scored_calibration"))
         for r in bad:
-            st.sidebar.error(f"{md(r.name)}: {r.error}")
+            st.sidebar.error(f"{md(r.name)}: {md(r.error)}")
         return operating_point(det, "sensitivity", target=target, abnormal_scores=scores)
     except ValueError as exc:
-        st.sidebar.error(str(exc))
-        st.warning(f"No operating point: {exc}")
+        st.sidebar.error(md(exc))
+        st.warning(f"No operating point: {md(exc)}")
         return None
 
 
@@ -111,7 +114,7 @@ def show_result(r: logic.FileResult, op, det) -> None:
     with st.container(border=True):
         if r.error:
             st.markdown(f"**{md(r.name)}**")
-            st.error(f"Could not score {md(r.name)}: {r.error}")
+            st.error(f"Could not score {md(r.name)}: {md(r.error)}")
             return
         head, verdict = st.columns([2, 3])
         head.markdown(f"**{md(r.name)}**")
@@ -172,7 +175,8 @@ def main() -> None:
         st.dataframe(table, hide_index=True, column_config={  # the CSV keeps full precision
             "score": st.column_config.NumberColumn(format="%.4f"),
             "percentile": st.column_config.NumberColumn(format="%.0f")})
-        st.download_button("Download results (CSV)", table.to_csv(index=False), file_name="cxrad_results.csv",
+        # cells neutralised against spreadsheet formulas (a file named =HYPERLINK(...) stays text)
+        st.download_button("Download results (CSV)", csv_text(table), file_name="cxrad_results.csv",
                            mime="text/csv")
     for r in results:
         show_result(r, op, det)

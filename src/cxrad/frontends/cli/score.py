@@ -89,8 +89,10 @@ def run(args) -> int:
     if out is not None:
         if len(ignored):
             from cxrad.files import atomic_write_text
-            atomic_write_text(out / "ignored.csv", ignored.to_csv(index=False))
-        print(f"wrote {out / 'scores.csv'} and {out / 'scores.jsonl'}", file=sys.stderr)
+            from cxrad.detectors.results import csv_text
+            atomic_write_text(out / "ignored.csv", csv_text(ignored))
+        from cxrad.files import path_text
+        print(f"wrote {path_text(out / 'scores.csv')} and {path_text(out / 'scores.jsonl')}", file=sys.stderr)
     if not args.json:
         print_table(summary.head)
         if summary.rows > len(summary.head):

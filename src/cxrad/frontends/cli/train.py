@@ -126,8 +126,10 @@ def run(args) -> int:
     _calibrate(det, args, images)
     out = det.save(out)
     if len(images.errors):
-        from cxrad.files import atomic_write_text
-        atomic_write_text(out / "errors.csv", images.errors.to_csv(index=False))
+        from cxrad.files import atomic_write_text, path_text
+        from cxrad.detectors.results import csv_text
+        errors = images.errors.assign(path=images.errors["path"].map(path_text))
+        atomic_write_text(out / "errors.csv", csv_text(errors))
     finished = getattr(det, "training_finished_", True)
     if finished and not args.keep_checkpoint:
         _drop_checkpoints(out / "checkpoint")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cxrad.data import ImageSet, deduplicate, load_images, open_dataset
-from cxrad.detectors.results import table_rows
+from cxrad.detectors.results import csv_text, table_rows
 from cxrad.evaluation import evaluate_model, threshold_table
 from cxrad.files import atomic_write_text
 from cxrad.detectors import load_detector
@@ -108,7 +108,7 @@ def build_report(model, data, out_dir, *, examples: int = 4, max_tsne: int = 100
 
     tables = dict(result["tables"])
     tables["recall_auroc"] = threshold_table(det, y, s, result)
-    atomic_write_text(out / "recall_auroc.csv", tables["recall_auroc"].to_csv(index=False))
+    atomic_write_text(out / "recall_auroc.csv", csv_text(tables["recall_auroc"]))
 
     # training history
     history = getattr(det, "history_", None) or {}
