@@ -13,9 +13,9 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 #: that differs from what was released is refused (format-2 bundles carry no model.json checksum of their own).
 #: tools/ship_model.py prints the entry of a newly shipped model.
 PINNED = {
-    "dae-cxr-64": ("ff9f7e8bb8ca1cbdcd939c2155e8e55aa2047eaf3f69c9e11a19a3e4bfac1fe8",
+    "dae-cxr-64": ("7a40564c51b0b5b3b1a739cfc45c186ab6f709643322fdfd50de1c1b27a25df0",
                    "8c023c8d4778c494f2c327237b300e7eb27e6a7e82ff9fac45cf326f7787dfc0"),
-    "dae-cxr-64-300k": ("49086c291c832071f56cb0ee23fb3e47de4aa753b929bbf8e93ff5528a961aad",
+    "dae-cxr-64-300k": ("e8b6eafcb36694a95131fd62b5f6976e1f894e71274cff919200cf3146855e66",
                         "6fca77961bc7da28e3f92d1a877de3cc359650456e9a11d3cd1bd9ad0f599b99"),
 }
 
