@@ -87,11 +87,18 @@ def c_store(paths_or_datasets, port: int, called: str = "CXRAD", calling: str = 
         assoc.release()
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Receiver:
     """A destination SCP (the PACS side of result delivery) on loopback that keeps what it is sent. ``fail``
     is a list of statuses answered to the first C-STOREs (0xA700: out of resources...), then success."""
 
-    def __init__(self, ae_title: str = "PACS", fail: list[int] | None = None, port: int = 0):
+    def __init__(self, ae_title: str = "PACS", fail: list[int] | None = None, port: int = 0, delay: float = 0.0):
         import threading
 
         from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -99,6 +106,7 @@ class Receiver:
         self.received: list = []  # (SOP Instance UID, dataset)
         self.requests = 0
         self.fail = list(fail or [])
+        self.delay = delay  # seconds to wait before answering (after keeping the object)
         self._lock = threading.Lock()
         ae = AE(ae_title=ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
@@ -115,6 +123,9 @@ class Receiver:
             ds = event.dataset
             ds.file_meta = event.file_meta
             self.received.append((str(ds.SOPInstanceUID), ds))
+        if self.delay:
+            import time
+            time.sleep(self.delay)
         return 0x0000
 
     def uids(self) -> list[str]:

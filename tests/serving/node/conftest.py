@@ -2,19 +2,11 @@
 API under FastAPI's test client and its DICOM listener on a free loopback port, and a destination SCP."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 pytest.importorskip("fastapi")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +33,7 @@ def make_node(tmp_path, node_model):
     """``make_node(**settings)`` -> a started Node (state in tmp_path/state unless ``state_dir`` is given)."""
     from cxrad.serving.node.config import Destination, NodeConfig
     from cxrad.serving.node.service import Node
+    from dicom_films import free_port
     nodes = []
 
     def make(start: bool = True, model=None, **kw):
