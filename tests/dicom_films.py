@@ -98,7 +98,8 @@ class Receiver:
     """A destination SCP (the PACS side of result delivery) on loopback that keeps what it is sent. ``fail``
     is a list of statuses answered to the first C-STOREs (0xA700: out of resources...), then success."""
 
-    def __init__(self, ae_title: str = "PACS", fail: list[int] | None = None, port: int = 0, delay: float = 0.0):
+    def __init__(self, ae_title: str = "PACS", fail: list[int] | None = None, port: int = 0, delay: float = 0.0,
+                 on_store=None):
         import threading
 
         from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -107,6 +108,7 @@ class Receiver:
         self.requests = 0
         self.fail = list(fail or [])
         self.delay = delay  # seconds to wait before answering (after keeping the object)
+        self.on_store = on_store  # called with each dataset kept
         self._lock = threading.Lock()
         ae = AE(ae_title=ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
@@ -123,6 +125,8 @@ class Receiver:
             ds = event.dataset
             ds.file_meta = event.file_meta
             self.received.append((str(ds.SOPInstanceUID), ds))
+        if self.on_store is not None:
+            self.on_store(ds)
         if self.delay:
             import time
             time.sleep(self.delay)

@@ -93,6 +93,16 @@ def model_threads(workers: int) -> int:
     return max(1, available_cpus() - workers)
 
 
+def _cpu_times() -> tuple[float, float] | None:
+    """(idle, total) CPU time of the whole machine so far, in clock ticks (Linux); None elsewhere."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [float(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0.0), sum(fields[:8])
+
+
 class ThreadChooser:
     """The model's thread count, chosen by measuring the stages instead of by counting threads.
 
@@ -100,17 +110,21 @@ class ThreadChooser:
     only the cores the decoders leave (``model_threads``) leaves it one thread on 2 cores while the decoders sit
     idle most of the time. Here the cores are split in proportion to the measured cost of each stage: the first
     batch is decoded alone (its decoding cost per image), the first two are scored on one thread (the second
-    gives the model's cost), and if the model's share of the cores rounds to more than one thread, the next
-    batch is scored with that many. The faster of the two measured settings is kept: on a machine whose cores
-    other jobs hold, extra threads only wait on each other, and one thread wins.
+    gives the model's cost, and how many cores the machine left idle meanwhile), and if the model's share of
+    the cores that are free rounds to more than one thread, the next batch is scored with that many. The faster
+    of the two measured settings is kept: on a machine whose cores other jobs hold, extra threads only wait on
+    each other (several times slower), so without idle cores there is no trial at all.
     """
 
-    def __init__(self, cores: int | None = None, workers: int = 1):
+    def __init__(self, cores: int | None = None, workers: int = 1, cpu_times=_cpu_times):
         self.cores, self.workers = max(1, cores or available_cpus()), max(1, workers)
+        self.cpu_times = cpu_times
         self.choice: int | None = 1 if self.cores == 1 else None
         self.decode_s: float | None = None  # CPU seconds per image, from the first batch decoded alone
         self.model_s: dict[int, float] = {}  # threads -> wall seconds per image of the latest measured batch
+        self.idle_cores: float | None = None  # cores the machine left idle while the model ran on one thread
         self._batches = 0
+        self._cpu = None
 
     def observe_decode(self, images: int, wall_s: float) -> None:
         if self.decode_s is None and images:
@@ -120,11 +134,16 @@ class ThreadChooser:
         m, d = self.model_s.get(1), self.decode_s or 0.0
         if m is None:
             return 1
-        return min(self.cores, max(1, round(self.cores * m / (m + d))))
+        share = self.cores * m / (m + d)
+        if self.idle_cores is not None:  # the model's own core, and the ones nobody else uses
+            share = min(share, 1 + self.idle_cores)
+        return min(self.cores, max(1, round(share)))
 
     def threads(self) -> int:
         if self.choice is not None:
             return self.choice
+        if self._batches == 1:
+            self._cpu = self.cpu_times()  # the measured one-thread batch starts now
         return 1 if self._batches < 2 else self.candidate()
 
     def observe_model(self, threads: int, images: int, wall_s: float) -> None:
@@ -133,6 +152,10 @@ class ThreadChooser:
             return
         if self._batches == 1:  # the first batch pays for warming up: not a measure
             return
+        if threads == 1 and self._cpu is not None:
+            now = self.cpu_times()
+            if now is not None and now[1] > self._cpu[1]:
+                self.idle_cores = self.cores * (now[0] - self._cpu[0]) / (now[1] - self._cpu[1])
         self.model_s[threads] = wall_s / images
         if threads == 1 and self.candidate() == 1:
             self.choice = 1

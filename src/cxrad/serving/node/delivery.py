@@ -102,8 +102,10 @@ class Sender:
     def _store(self, claimed: list[dict]) -> None:
         from pydicom import dcmread
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-        from pynetdicom import AE
+        from pynetdicom import AE, _config
         from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+
+        _config.STORE_SEND_CHUNKED_DATASET = True  # only changes how files given by path are sent
 
         dest = self.destination
         ae = AE(ae_title=self.calling_ae)
@@ -122,11 +124,19 @@ class Sender:
             for d in claimed:
                 self._retry(d, reason)
             return
+        # the objects are written in Explicit VR Little Endian: where the peer takes that, the file goes as it is
+        # (pynetdicom streams it without decoding and encoding it again); otherwise it is converted
+        as_written = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts
+                      if str(cx.transfer_syntax[0]) == ExplicitVRLittleEndian}
+        sop_classes = {"sr": ComprehensiveSRStorage, "sc": SecondaryCaptureImageStorage}
         try:
             for d in claimed:
-                name = f"{d['film_id']}.{d['kind']}.dcm"
+                path = self.outbox.path(f"{d['film_id']}.{d['kind']}.dcm")
                 try:
-                    ds = dcmread(self.outbox.path(name))
+                    if str(sop_classes[d["kind"]]) in as_written and path.is_file():
+                        item = path
+                    else:
+                        item = dcmread(path)
                 except Exception as exc:
                     self._finish(d, "failed", f"the result object is missing or unreadable ({type(exc).__name__})")
                     continue
@@ -134,7 +144,7 @@ class Sender:
                     self._retry(d, f"{dest} closed the association")
                     continue
                 try:
-                    status = assoc.send_c_store(ds)
+                    status = assoc.send_c_store(item)
                 except ValueError as exc:  # no accepted presentation context for it: nothing was sent
                     self._finish(d, "failed", f"{dest} accepts no {d['kind'].upper()} ({exc})")
                     continue

@@ -24,13 +24,16 @@ def reason_label(error: str) -> str:
 
 
 class Metrics:
-    def __init__(self, queue_depth, pending_deliveries=None):
+    def __init__(self, queue_depth, pending_deliveries=None, model_threads=None):
         r = self.registry = CollectorRegistry()
         Gauge("cxrad_queue_depth", "Films received and waiting to be scored (in the spool)",
               registry=r).set_function(queue_depth)
         if pending_deliveries is not None:
             Gauge("cxrad_deliveries_pending", "Result objects waiting to be sent",
                   registry=r).set_function(pending_deliveries)
+        if model_threads is not None:
+            Gauge("cxrad_model_threads", "Torch threads the model runs on (0 before the first batch)",
+                  registry=r).set_function(model_threads)
         self.received = Counter("cxrad_films_received", "Films acknowledged, by source", ["source"], registry=r)
         self.refused = Counter("cxrad_films_refused", "Films refused (not acknowledged), by reason", ["reason"],
                                registry=r)

@@ -76,7 +76,7 @@ class ReportMaker:
         self._templates: dict[tuple[str, str], tuple[bytes, dict]] = {}
         self._lock = threading.Lock()
 
-    def _template(self, sop_class_uid: str, verdict: str) -> tuple[bytes, dict]:
+    def template(self, sop_class_uid: str, verdict: str) -> tuple[bytes, dict]:
         """The report highdicom builds for a placeholder film of this SOP class and verdict (made once), and
         where in it the per-film values go."""
         with self._lock:
@@ -156,7 +156,7 @@ class ReportMaker:
         film = _filled(film)
         sr_uid = result_uid(film.SOPInstanceUID, "sr", self.model_sha256)
         series_uid = result_uid(film.SeriesInstanceUID or film.StudyInstanceUID, "sr-series", self.model_sha256)
-        template, places = self._template(str(film.SOPClassUID), verdict)
+        template, places = self.template(str(film.SOPClassUID), verdict)
         ds = dcmread(io.BytesIO(template))  # only the elements set below are decoded, so encoding stays quick
         for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                         "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyInstanceUID"):

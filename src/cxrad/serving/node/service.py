@@ -88,7 +88,9 @@ class Node:
             os.close(self._lock_fd)
             raise
         self.reports = ReportMaker(self.model_name, self.model_sha256, self.det.components, self.det.threshold_)
-        self.metrics = Metrics(lambda: self.spool.depth, self.db.pending_deliveries)
+        self._warm_up()
+        self.metrics = Metrics(lambda: self.spool.depth, self.db.pending_deliveries,
+                               lambda: self.pipeline.current_threads)
         self.decode_workers = config.decode_workers or 1
         self.model_threads = min(config.model_threads, available_cpus()) if config.model_threads else None
         self.pipeline = Pipeline(self.det, self._record, self.db.known, self.spool.remove, config.batch_size,
@@ -106,6 +108,21 @@ class Node:
             from cxrad.serving.node.api import create_app
             self.app = create_app(self)
         self._started = False
+
+    def _warm_up(self) -> None:
+        """Pay the one-off costs before the first film: the model's first pass and the report templates."""
+        import numpy as np
+
+        from cxrad.detectors.chunks import CHUNK
+        from cxrad.serving.node.instances import SOP_CLASSES
+        from cxrad.serving.node.results import VERDICT_MEANINGS
+
+        side = int(self.det.image_size)
+        self.det.score_arrays(np.zeros((CHUNK, side, side), np.uint8))
+        if self.config.destination is not None:
+            for sop_class in SOP_CLASSES:
+                for verdict in VERDICT_MEANINGS:
+                    self.reports.template(sop_class, verdict)
 
     # ------------------------------------------------------------------------------------------ life
     def start(self) -> "Node":
@@ -174,10 +191,10 @@ class Node:
         spool files go (see the crash windows above)."""
         from cxrad.serving.node.results import heatmap_overlay, png_bytes
 
-        config, now = self.config, utcnow()
+        config, now, t0 = self.config, utcnow(), time.perf_counter()
         table = batch.table.drop_duplicates("path").set_index("path")
         fresh = [e for e in batch.entries if e.id not in self.db.known([e.id for e in batch.entries])]
-        rows, deliveries, pictures = [], [], []
+        rows, deliveries, pictures, objects = [], [], [], {}
         for e in fresh:
             r = table.loc[str(e.path)]
             header = batch.headers.get(e.id)
@@ -207,15 +224,15 @@ class Node:
                 overlay = heatmap_overlay(batch.inputs[e.id], batch.maps[e.id])
                 pictures.append({"film_id": e.id, "kind": "heatmap", "png": png_bytes(overlay)})
             if header is not None and config.destination is not None:
-                uid, data = self.reports.structured_report(header.dataset, verdict, values, error or None)
-                self.outbox.put(f"{e.id}.sr.dcm", data)
+                uid, objects[f"{e.id}.sr.dcm"] = self.reports.structured_report(header.dataset, verdict, values,
+                                                                                error or None)
                 deliveries.append({"film_id": e.id, "kind": "sr", "object_uid": uid})
                 if config.send_heatmap and overlay is not None:
-                    uid, data = self.reports.secondary_capture(header.dataset, overlay)
-                    self.outbox.put(f"{e.id}.sc.dcm", data)
+                    uid, objects[f"{e.id}.sc.dcm"] = self.reports.secondary_capture(header.dataset, overlay)
                     deliveries.append({"film_id": e.id, "kind": "sc", "object_uid": uid})
             if config.webhook:
                 deliveries.append({"film_id": e.id, "kind": "webhook", "object_uid": None})
+        self.outbox.put_many(objects)  # durable before the database says they are to be sent
         inserted = self.db.record(rows, deliveries, pictures)
         for e in batch.entries + batch.duplicates:
             self.spool.remove(e)
@@ -229,8 +246,9 @@ class Node:
             if row["error"]:
                 self.metrics.error(row["error"])
             self.metrics.latency.observe(max(0, done - received[row["id"]]) / 1e9)
-        log.info("recorded %d film(s) (decoding %.0f ms, model %.0f ms)", len(inserted), 1000 * batch.decode_s,
-                 1000 * batch.model_s)
+        log.info("recorded %d film(s) (decoding %.0f ms, model %.0f ms on %d thread(s), recording %.0f ms)",
+                 len(inserted), 1000 * batch.decode_s, 1000 * batch.model_s, batch.threads,
+                 1000 * (time.perf_counter() - t0))
         if deliveries:
             self.sender.wake()
 

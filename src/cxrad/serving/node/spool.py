@@ -90,6 +90,32 @@ def durable_write(folder: Path, tmp_folder: Path, name: str, data: bytes) -> Pat
     return target
 
 
+def durable_write_many(folder: Path, tmp_folder: Path, items: dict[str, bytes], pool) -> list[Path]:
+    """``durable_write`` of several files at once: written, fsynced in parallel (the disk commits them
+    together: 16 files cost about one fsync, not 16), renamed, and the folder fsynced once."""
+    written: list[tuple[Path, Path, int]] = []
+    try:
+        for name, data in items.items():
+            tmp = tmp_folder / f"{name}.{secrets.token_hex(6)}.part"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            written.append((tmp, folder / name, fd))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        list(pool.map(os.fsync, [fd for _, _, fd in written]))
+    except BaseException:
+        for tmp, _, fd in written:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+        raise
+    for _, _, fd in written:
+        os.close(fd)
+    for tmp, target, _ in written:
+        os.replace(tmp, target)
+    fsync_folder(folder)
+    return [target for _, target, _ in written]
+
+
 class Spool:
     """``ROOT/queue`` (spooled films) and ``ROOT/tmp`` (writes in progress, cleared on start)."""
 
@@ -180,9 +206,18 @@ class Outbox:
         self.folder, self.tmp = Path(root) / "outbox", Path(root) / "tmp"
         for folder in (self.folder, self.tmp):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._pool = None
 
     def put(self, name: str, data: bytes) -> Path:
         return durable_write(self.folder, self.tmp, name, data)
+
+    def put_many(self, items: dict[str, bytes]) -> list[Path]:
+        if not items:
+            return []
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(8, thread_name_prefix="cxrad-fsync")
+        return durable_write_many(self.folder, self.tmp, items, self._pool)
 
     def path(self, name: str) -> Path:
         return self.folder / name

@@ -64,6 +64,7 @@ class Pipeline:
         self._scored: queue.Queue = queue.Queue(maxsize=2)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.current_threads = 0  # the model's threads now (0 before the first batch)
         self.busy = threading.Event()  # set while any film is between intake and the end of ``record``
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -204,7 +205,7 @@ class Pipeline:
             n = self.model_threads or chooser.threads()
             if n != current:
                 torch.set_num_threads(int(n))
-                current = n
+                current = self.current_threads = n
             t0 = time.perf_counter()
             self._score(batch)
             batch.model_s = time.perf_counter() - t0
