@@ -180,3 +180,20 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path):
     assert reader.worklist()[0] == 1
     reader.close()
     db.close()
+
+
+@pytest.mark.slow
+def test_a_node_on_postgresql_scores_records_and_reports_once(make_node, receiver):
+    from dicom_films import c_store, film_dataset, sample_images
+    from postgres import throwaway_postgres
+    with throwaway_postgres() as url:
+        pacs = receiver()
+        node = make_node(database=url, destination=pacs.destination)
+        films = [film_dataset(p) for p in sample_images()[:5]]
+        assert c_store(films + films[:2], node.scp.port) == [0] * 7
+        assert node.wait_idle(120)
+        total, rows = node.db.worklist()
+        assert total == 5 and {r["sop_instance_uid"] for r in rows} == {f.SOPInstanceUID for f in films}
+        assert len(pacs.uids()) == len(set(pacs.uids())) == 5
+        assert node.db.url.startswith("postgresql+psycopg://")
+        node.stop()
