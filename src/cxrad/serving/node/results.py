@@ -2,10 +2,12 @@
 components, percentile, verdict, threshold, model and "not for diagnostic use"), optionally a Secondary
 Capture of the heatmap, and the heatmap picture the dashboard's worklist shows.
 
-highdicom builds the report. Building one from scratch costs tens of milliseconds of validation (more than
-scoring the film), so ``ReportMaker`` has highdicom build one report per verdict when the node starts, from a
-placeholder film, and fills each film's report from it: its identifiers, patient and study attributes and
-values. A test checks that a filled report equals the one highdicom builds for the same film.
+highdicom builds the report. Building one from scratch costs tens of milliseconds of validation, and pydicom's
+encoding several more (more than scoring the film), so ``ReportMaker`` has highdicom build one report per SOP
+class and verdict, from a placeholder film whose every per-film value is a marker, encodes it once (sequences
+of undefined length, so that no length but an element's own depends on its value), and makes each film's
+report by putting the film's encoded values where the markers' elements are. A test checks that a filled
+report equals the one highdicom builds for the same film.
 
 Result UIDs are derived from the film's SOP Instance UID and the model's weights, so a result rebuilt after a
 crash is the same DICOM instance, never a second one.
@@ -29,9 +31,6 @@ VERDICT_MEANINGS = {"anomalous": "Flagged for review", "normal": "Not flagged", 
 MANUFACTURER = "cxrad"
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 HEATMAP_SIDE = 256
-# placeholders the templates are built with; every occurrence is replaced per film
-_PLACEHOLDER_UIDS = {"sop_instance_uid": "2.25.101", "series_instance_uid": "2.25.103",
-                     "study_instance_uid": "2.25.104"}
 
 
 def _concept(value: str, meaning: str):
@@ -73,32 +72,29 @@ class ReportMaker:
         self.threshold = threshold
         self._codes = {"score": "CXRAD-101", "percentile": "CXRAD-102", "threshold": "CXRAD-103",
                        **{c: f"CXRAD-2{i:02d}" for i, c in enumerate(self.components)}}
-        self._templates: dict[tuple[str, str], tuple[bytes, dict]] = {}
+        self._templates: dict[tuple[str, str], _ByteTemplate] = {}
         self._lock = threading.Lock()
 
-    def template(self, sop_class_uid: str, verdict: str) -> tuple[bytes, dict]:
-        """The report highdicom builds for a placeholder film of this SOP class and verdict (made once), and
-        where in it the per-film values go."""
+    def template(self, sop_class_uid: str, verdict: str) -> "_ByteTemplate":
+        """The report highdicom builds for a placeholder film of this SOP class and verdict, as a byte
+        template (made once)."""
         with self._lock:
             if (sop_class_uid, verdict) not in self._templates:
-                from pydicom import Dataset, dcmread
+                from pydicom import Dataset
                 placeholder = Dataset()
-                for keyword, value in (("PatientName", "PLACEHOLDER^NAME"), ("PatientID", "PLACEHOLDER-ID"),
-                                       ("PatientBirthDate", "19000101"), ("PatientSex", "O"),
-                                       ("StudyDate", "19000101"), ("StudyTime", "000000"),
-                                       ("ReferringPhysicianName", ""), ("StudyID", "0"), ("AccessionNumber", "0"),
-                                       ("Modality", "CR")):
-                    setattr(placeholder, keyword, value)
+                for keyword, _vr, marker in _FILM_FIELDS:  # highdicom takes only M, F, O as a sex: marked later
+                    setattr(placeholder, keyword, "O" if keyword == "PatientSex" else marker)
+                placeholder.Modality = "CR"
                 placeholder.SOPClassUID = sop_class_uid
-                for key, uid in _PLACEHOLDER_UIDS.items():
-                    setattr(placeholder, {"sop_instance_uid": "SOPInstanceUID",
-                                          "series_instance_uid": "SeriesInstanceUID",
-                                          "study_instance_uid": "StudyInstanceUID"}[key], uid)
-                values = {"score": 0.5, "percentile": 50.0, **{c: 0.5 for c in self.components}}
-                sr = self.build_with_highdicom(placeholder, verdict, values if verdict != "error" else {},
-                                               "placeholder" if verdict == "error" else None, "2.25.105", "2.25.106")
-                data = _encode(sr)
-                self._templates[(sop_class_uid, verdict)] = data, _locate(dcmread(io.BytesIO(data)), self._codes)
+                for keyword, marker in (("SOPInstanceUID", _UID_MARKERS["film"]),
+                                        ("SeriesInstanceUID", _UID_MARKERS["film_series"]),
+                                        ("StudyInstanceUID", _UID_MARKERS["film_study"])):
+                    setattr(placeholder, keyword, marker)
+                keys = ["score", "percentile", *self.components]
+                values = {k: _value_marker(i) for i, k in enumerate(keys)} if verdict != "error" else {}
+                sr = self.build_with_highdicom(placeholder, verdict, values, _REASON_MARKER if verdict == "error"
+                                               else None, _UID_MARKERS["sr"], _UID_MARKERS["sr_series"])
+                self._templates[(sop_class_uid, verdict)] = _ByteTemplate(sr, keys if verdict != "error" else [])
             return self._templates[(sop_class_uid, verdict)]
 
     # -------------------------------------------------------------------------------------- highdicom
@@ -150,37 +146,16 @@ class ReportMaker:
     # ---------------------------------------------------------------------------------------- per film
     def structured_report(self, film, verdict: str, values: dict, error: str | None = None) -> tuple[str, bytes]:
         """(SOP Instance UID, encoded Part 10 file) of ``film``'s report, filled from the template."""
-        from pydicom import dcmread
-        from pydicom.valuerep import DSfloat
-
         film = _filled(film)
         sr_uid = result_uid(film.SOPInstanceUID, "sr", self.model_sha256)
         series_uid = result_uid(film.SeriesInstanceUID or film.StudyInstanceUID, "sr-series", self.model_sha256)
-        template, places = self.template(str(film.SOPClassUID), verdict)
-        ds = dcmread(io.BytesIO(template))  # only the elements set below are decoded, so encoding stays quick
-        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                        "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyInstanceUID"):
-            ds[keyword].value = film[keyword].value
-        for key, keyword in (("sop_instance_uid", "SOPInstanceUID"), ("series_instance_uid", "SeriesInstanceUID"),
-                             ("study_instance_uid", "StudyInstanceUID")):
-            for path in places["uids"].get(_PLACEHOLDER_UIDS[key], ()):
-                _at(ds, path).value = str(film[keyword].value)
-        for key, path in places["values"].items():
-            if key in values:
-                measured = _at(ds, path).MeasuredValueSequence[0]
-                value = float(values[key])
-                measured.NumericValue = DSfloat(value, auto_format=True)
-                measured.FloatingPointValue = value
-        if "reason" in places:
-            _at(ds, places["reason"]).TextValue = (error or "unknown")[:1000]
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sr_uid
-        ds.SeriesInstanceUID = series_uid
         now = datetime.now()
-        for prefix in ("Content", "Series", "InstanceCreation"):
-            if f"{prefix}Date" in ds:
-                ds[f"{prefix}Date"].value = now.strftime("%Y%m%d")
-                ds[f"{prefix}Time"].value = now.strftime("%H%M%S.%f")
-        return sr_uid, _encode(ds)
+        fields = {keyword: _text(film[keyword].value) for keyword, _vr, _marker in _FILM_FIELDS}
+        fields.update(film=str(film.SOPInstanceUID), film_series=str(film.SeriesInstanceUID),
+                      film_study=str(film.StudyInstanceUID), sr=sr_uid, sr_series=series_uid,
+                      date=now.strftime("%Y%m%d"), time=now.strftime("%H%M%S.%f"),
+                      datetime=now.strftime("%Y%m%d%H%M%S.%f"), reason=(error or "unknown")[:1000])
+        return sr_uid, self.template(str(film.SOPClassUID), verdict).fill(fields, values)
 
     def secondary_capture(self, film, heatmap_rgb: np.ndarray) -> tuple[str, bytes]:
         """(SOP Instance UID, encoded file) of a Secondary Capture of the heatmap overlay (enlarged to
@@ -204,42 +179,134 @@ class ReportMaker:
         return sc_uid, _encode(sc)
 
 
-def _locate(ds, codes: dict) -> dict:
-    """Paths (keyword/index steps) in a template to the placeholder UIDs, the numeric values by key, and the
-    reason a film was not scored."""
-    by_code = {v: k for k, v in codes.items()}
-    found: dict = {"uids": {}, "values": {}}
-
-    def walk(dataset, path):
-        for elem in dataset:
-            if elem.VR == "SQ":
-                for i, item in enumerate(elem.value):
-                    walk(item, (*path, elem.keyword, i))
-            elif elem.VR == "UI" and str(elem.value) in _PLACEHOLDER_UIDS.values():
-                found["uids"].setdefault(str(elem.value), []).append((*path, elem.keyword))
-        if "ConceptNameCodeSequence" in dataset and path:
-            code = dataset.ConceptNameCodeSequence[0].CodeValue
-            if dataset.get("ValueType") == "NUM" and code in by_code:
-                found["values"][by_code[code]] = path
-            elif dataset.get("ValueType") == "TEXT" and code == "CXRAD-120":
-                found["reason"] = path
-    walk(ds, ())
-    return found
+# The per-film fields of a report and their markers in the templates: each marker is valid for its VR, and an
+# element is found by its tag, VR, length and marker together, so nothing else in the file can match.
+_FILM_FIELDS = (("PatientName", "PN", "QXMARK01^QX"), ("PatientID", "LO", "QXMARK02QX"),
+                ("PatientBirthDate", "DA", "18010101"), ("PatientSex", "CS", "QXMARK04QX"),
+                ("StudyDate", "DA", "18020202"), ("StudyTime", "TM", "010203.040506"),
+                ("ReferringPhysicianName", "PN", "QXMARK07^QX"), ("StudyID", "SH", "QXMARK08QX"),
+                ("AccessionNumber", "SH", "QXMARK09QX"))
+_UID_MARKERS = {"film": "2.25.9101", "film_series": "2.25.9103", "film_study": "2.25.9104",
+                "sr": "2.25.9105", "sr_series": "2.25.9106"}
+_REASON_MARKER = "QXMARK-REASON-QX"
+_TIME_MARKERS = {"date": "18030303", "time": "030303.030303", "datetime": "18030303030303.030303"}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
-def _at(ds, path):
-    """The dataset (or, for a path ending in a keyword, the element) at ``path``."""
-    node = ds
-    steps = list(path)
-    while steps:
-        step = steps.pop(0)
-        if isinstance(step, int):
-            node = node[step]
-        elif steps and isinstance(steps[0], int):
-            node = getattr(node, step)
-        else:
-            return node[step]
-    return node
+def _value_marker(i: int) -> float:
+    return 7310.0 + i + 0.125  # exact in binary and in a decimal string
+
+
+def _text(value) -> str:
+    from pydicom.multival import MultiValue
+    if value is None:
+        return ""
+    if isinstance(value, (MultiValue, list, tuple)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One data element, explicit VR little endian."""
+    import struct
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
+    if vr in _LONG_VRS:
+        return head + b"\0\0" + struct.pack("<I", len(value)) + value
+    if len(value) > 0xFFFF:
+        raise ValueError("value too long for its VR")
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _encoded(vr: bytes, value) -> bytes:
+    import struct
+    if vr == b"FD":
+        return struct.pack("<d", float(value))
+    data = str(value).encode("ascii" if vr == b"UI" else "utf-8")
+    if len(data) % 2:
+        data += b"\0" if vr == b"UI" else b" "
+    return data
+
+
+class _ByteTemplate:
+    """A report encoded once, with the byte spans of its per-film elements."""
+
+    def __init__(self, sr, value_keys: list[str]):
+        from pydicom import dcmread
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+        from pydicom.valuerep import DSfloat
+
+        ds = dcmread(io.BytesIO(_encode(sr)))
+        for keyword, _vr, marker in _FILM_FIELDS:
+            ds[keyword].value = marker
+        for prefix, marker in (("Content", "date"), ("Series", "date"), ("InstanceCreation", "date")):
+            if f"{prefix}Date" in ds:
+                ds[f"{prefix}Date"].value = _TIME_MARKERS[marker]
+                ds[f"{prefix}Time"].value = _TIME_MARKERS["time"]
+        for item in ds.get("ContributingEquipmentSequence", []):
+            if "ContributionDateTime" in item:
+                item.ContributionDateTime = _TIME_MARKERS["datetime"]
+
+        def undefined_lengths(dataset):  # no sequence or item length then depends on the values inside
+            for elem in dataset:
+                if elem.VR == "SQ":
+                    elem.is_undefined_length = True
+                    for child in elem.value:
+                        child.is_undefined_length_sequence_item = True
+                        undefined_lengths(child)
+        undefined_lengths(ds)
+        self.data = _encode(ds)
+        # (tag, VR, marker value, field) of every element to fill, found by its whole encoding
+        wanted = [(tag_for_keyword(k), vr.encode(), m, k) for k, vr, m in _FILM_FIELDS]
+        for field, marker in _UID_MARKERS.items():
+            for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "ReferencedSOPInstanceUID",
+                            "MediaStorageSOPInstanceUID"):
+                wanted.append((tag_for_keyword(keyword), b"UI", marker, field))
+        for field, marker in _TIME_MARKERS.items():
+            for keyword in ("ContentDate", "SeriesDate", "InstanceCreationDate", "ContentTime", "SeriesTime",
+                            "InstanceCreationTime", "ContributionDateTime"):
+                vr = dictionary_VR(keyword).encode()
+                if (vr, field) in ((b"DA", "date"), (b"TM", "time"), (b"DT", "datetime")):
+                    wanted.append((tag_for_keyword(keyword), vr, marker, field))
+        wanted.append((tag_for_keyword("TextValue"), b"UT", _REASON_MARKER, "reason"))
+        for i, key in enumerate(value_keys):
+            marker = _value_marker(i)
+            wanted.append((tag_for_keyword("NumericValue"), b"DS", str(DSfloat(marker, auto_format=True)),
+                           ("ds", key)))
+            wanted.append((tag_for_keyword("FloatingPointValue"), b"FD", marker, ("fd", key)))
+        self.spans: list[tuple[int, int, int, bytes, object]] = []  # (start, end, tag, VR, field)
+        for tag, vr, marker, field in wanted:
+            pattern = _element(tag, vr, _encoded(vr, marker))
+            start = self.data.find(pattern)
+            while start != -1:
+                self.spans.append((start, start + len(pattern), tag, vr, field))
+                start = self.data.find(pattern, start + 1)
+        self.spans.sort()
+        found = {f if isinstance(f, str) else f[1] for *_, f in self.spans}
+        missing = ({k for k, _, _ in _FILM_FIELDS} | {"film", "sr", "date"} | set(value_keys)) - found
+        if missing:  # highdicom changed what it writes: fail loudly at start, not with a wrong report
+            raise RuntimeError(f"report template: no place for {sorted(missing)}")
+        self.meta_end = 132 + 12 + int.from_bytes(self.data[140:144], "little")
+
+    def fill(self, fields: dict, values: dict) -> bytes:
+        from pydicom.valuerep import DSfloat
+
+        out, pos, meta_delta = [], 0, 0
+        for start, end, tag, vr, field in self.spans:
+            if isinstance(field, tuple):
+                kind, key = field
+                value = float(values[key])
+                raw = _encoded(vr, DSfloat(value, auto_format=True) if kind == "ds" else value)
+            else:
+                raw = _encoded(vr, fields[field])
+            element = _element(tag, vr, raw)
+            out += [self.data[pos:start], element]
+            if end <= self.meta_end:
+                meta_delta += len(element) - (end - start)
+            pos = end
+        out.append(self.data[pos:])
+        data = b"".join(out)
+        group_length = int.from_bytes(data[140:144], "little") + meta_delta  # the file meta group's own length
+        return data[:140] + group_length.to_bytes(4, "little") + data[144:]
 
 
 def _encode(ds) -> bytes:

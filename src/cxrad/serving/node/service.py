@@ -193,7 +193,8 @@ class Node:
 
         config, now, t0 = self.config, utcnow(), time.perf_counter()
         table = batch.table.drop_duplicates("path").set_index("path")
-        fresh = [e for e in batch.entries if e.id not in self.db.known([e.id for e in batch.entries])]
+        recorded = self.db.known([e.id for e in batch.entries])  # a race with another receipt of the same film
+        fresh = [e for e in batch.entries if e.id not in recorded]
         rows, deliveries, pictures, objects = [], [], [], {}
         for e in fresh:
             r = table.loc[str(e.path)]
