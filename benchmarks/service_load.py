@@ -58,8 +58,15 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def model_alone(det, files: list[str]) -> dict:
-    """Images per second of the model on the films preloaded as arrays, 1 thread and one per core."""
+    """Images per second of the model on the films preloaded as arrays, 1 thread and one per core; and CPU
+    milliseconds per image on 1 thread (key "cpu_ms")."""
     from cxrad.data import load_images
     from cxrad.serving.streaming import available_cpus, torch_threads
     arrays = np.asarray(load_images(files, det.prep, workers=2).images)
@@ -67,10 +74,12 @@ def model_alone(det, files: list[str]) -> dict:
     for threads in sorted({1, available_cpus()}):
         with torch_threads(threads):
             det.score_arrays(arrays[:32])  # warm
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             det.score_arrays(arrays)
             out[threads] = len(arrays) / (time.perf_counter() - t0)
-    return out
+            if threads == 1:
+                cpu_ms = 1000 * (time.process_time() - c0) / len(arrays)
+    return out, cpu_ms
 
 
 def main(argv=None) -> int:
@@ -105,7 +114,7 @@ def main(argv=None) -> int:
 
     det = load_detector(None, device="cpu")
     load_before = [round(v, 1) for v in os.getloadavg()]
-    alone_before = model_alone(det, dicom_sources + http_files)
+    alone_before, cpu_before = model_alone(det, dicom_sources + http_files)
 
     arrivals: dict[str, float] = {}  # source film's SOP Instance UID -> when its report arrived
 
@@ -138,6 +147,7 @@ def main(argv=None) -> int:
             raise SystemExit((tmp / "node.log").read_text()[-2000:])
         time.sleep(0.2)
 
+    cpu_at_start = cpu_seconds(node.pid)
     sent: dict[str, float] = {}  # SOP Instance UID or film id -> time its sending started
     acked: set[str] = set()
     refused: list[str] = []
@@ -198,10 +208,11 @@ def main(argv=None) -> int:
         deliveries = dict(conn.exec_driver_sql("select state, count(*) from deliveries group by state").all())
     metrics = httpx.get(f"{base}/metrics", timeout=10).text
     rss = peak_rss_mib(node.pid)
+    node_cpu = cpu_seconds(node.pid) - cpu_at_start
     node.terminate()
     node.wait(60)
     pacs.stop()
-    alone_after = model_alone(det, dicom_sources + http_files)
+    alone_after, cpu_after = model_alone(det, dicom_sources + http_files)
     load_after = [round(v, 1) for v in os.getloadavg()]
 
     def ts(value) -> float:
@@ -241,6 +252,8 @@ def main(argv=None) -> int:
         "peak_rss_mib": rss, "model_alone": {"before": alone_before, "after": alone_after},
         "model_alone_best": alone[best_threads], "model_alone_best_threads": best_threads,
         "ratio": throughput / alone[best_threads], "mean_batch": mean_batch, "node_model_threads": chosen,
+        "node_cpu_ms_per_film": 1000 * node_cpu / max(1, len(rows)),
+        "model_cpu_ms_per_film": min(cpu_before, cpu_after),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,6 +299,8 @@ def render(r: dict) -> str:
         f"| model alone on the same films preloaded (`score_arrays`), before / after | "
         + ", ".join(f"{t} thread(s): {alone['before'][t]:.0f} / {alone['after'][t]:.0f} img/s" for t in alone["before"])
         + " |",
+        f"| CPU per film: the node process (all its work) / the model alone on 1 thread | "
+        f"{r['node_cpu_ms_per_film']:.1f} / {r['model_cpu_ms_per_film']:.1f} ms |",
         f"| node throughput / model alone (best, {r['model_alone_best_threads']} thread(s): "
         f"{r['model_alone_best']:.0f} img/s) | {r['ratio']:.2f} |",
         "",
