@@ -78,8 +78,13 @@ def test_the_models_threads_are_measured_or_as_told_and_the_setting_is_restored(
 def test_thread_chooser_splits_the_cores_by_measured_cost_and_keeps_the_faster():
     from cxrad.serving.streaming import ThreadChooser
 
-    def run(decode_s, model_s_by_threads, cores=2, batches=6):
-        chooser, used = ThreadChooser(cores=cores, workers=2), []
+    def run(decode_s, model_s_by_threads, cores=2, batches=6, idle=1.0):
+        ticks = iter(range(0, 10**6, 100))
+
+        def cpu_times():  # /proc/stat as seen by the chooser: ``idle`` of the cores idle meanwhile
+            t = next(ticks)
+            return t * idle / cores, float(t)
+        chooser, used = ThreadChooser(cores=cores, workers=2, cpu_times=cpu_times), []
         chooser.observe_decode(64, decode_s * 64 / 2)
         for _ in range(batches):
             n = chooser.threads()
@@ -90,10 +95,13 @@ def test_thread_chooser_splits_the_cores_by_measured_cost_and_keeps_the_faster()
     quiet = {1: 0.0080, 2: 0.0042}  # the model twice as fast on two threads; a JPEG decode 0.45 ms
     assert run(0.00045, quiet) == [1, 1, 2, 2, 2, 2]
     busy = {1: 0.0080, 2: 0.0300}  # other jobs hold the cores: two threads wait on each other
-    assert run(0.00045, busy) == [1, 1, 2, 1, 1, 1]
+    assert run(0.00045, busy, idle=0.9) == [1, 1, 2, 1, 1, 1]  # looked idle, was not: the trial says so
+    assert run(0.00045, busy, idle=0.1) == [1] * 6  # no idle core: no trial
     assert run(0.0126, quiet) == [1] * 6  # a 1024 px PNG decode costs more than the model: no trial
     assert run(0.00045, quiet, cores=1) == [1] * 6
-    assert run(0.00045, {1: 0.008, 2: 0.006, 3: 0.004, 4: 0.0025}, cores=4)[2:] == [4] * 4
+    four = {1: 0.008, 2: 0.006, 3: 0.004, 4: 0.0025}
+    assert run(0.00045, four, cores=4, idle=3.0)[2:] == [4] * 4
+    assert run(0.00045, four, cores=4, idle=1.2)[2:] == [2] * 4  # one more core than the model's is free
 
 
 def test_cxrad_score_threads_flag_reaches_the_model(tiny_model, files, tmp_path, monkeypatch):

@@ -55,7 +55,8 @@ def add_parser(sub, argv=None) -> None:
     run_.add_argument("--delivery-attempts", type=int, default=6, help="tries per report before giving up (6)")
     run_.add_argument("--resend-unknown", action="store_true", help="resend reports whose delivery was cut off "
                       "by a crash or a timeout (they may arrive twice)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="how much the node logs to stderr (info); no patient data at any level")
 
 
 def config_from(args):
