@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast browsers docs benchmark clean
+.PHONY: setup demo test test-fast browsers services docs benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,16 @@ browsers:
 	      >/dev/null || echo "could not install chromium: the browser tests will be skipped"; \
 	  else echo "chromium is missing and installing it needs root: the browser tests will be skipped"; fi; }
 
-test: $(STAMP) browsers
+# Debian's Orthanc (a real PACS) and PostgreSQL for the screening node's integration tests, all on loopback.
+# Installing needs root; without it (or without them) those tests are skipped with the reason.
+services:
+	@{ [ -x /usr/sbin/Orthanc ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      orthanc postgresql >/dev/null || echo "could not install orthanc and postgresql: their tests will be skipped"; \
+	  else echo "orthanc or postgresql is missing and installing them needs root: their tests will be skipped"; fi; }
+
+test: $(STAMP) browsers services
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)

@@ -17,7 +17,7 @@ LAYERS = [
     ["cxrad.data"],
     ["cxrad.training", "cxrad.bundles"],
     ["cxrad.detectors"],
-    ["cxrad.evaluation", "cxrad.serving"],
+    ["cxrad.evaluation", "cxrad.serving", "cxrad.serving.node"],  # node: cxrad serve
     ["cxrad.frontends"],
     ["cxrad.__main__", "cxrad.models"],  # ``python -m cxrad``; the detectors' earlier import path
     ["cxrad"],  # the package root only re-exports, lazily

@@ -38,3 +38,17 @@ def test_gpu_recipe_runs_end_to_end_at_tiny_scale(tmp_path, shared_data):
     ddad = (tmp_path / "gpu" / "ddad.md").read_text()
     assert "| tb |" in ddad and "| ddad |" in ddad and "| normal-only |" in ddad
     assert "finished in" in (tmp_path / "gpu" / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_service_load_benchmark_runs_at_tiny_scale(tmp_path, shared_data):
+    pytest.importorskip("pynetdicom")
+    env = dict(os.environ, CXRAD_DATA=str(shared_data), PYTHONPATH=str(ROOT / "src"))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "service_load.py"), "--associations", "2",
+                             "--dicom-films", "4", "--http-clients", "1", "--http-films", "3", "--out",
+                             str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (tmp_path / "service_load.md").read_text()
+    assert "| films sent / acknowledged / refused | 11 / 11 / 0 |" in table
+    assert "| **lost** (acknowledged, no result) | **0** |" in table
+    assert "| reports received by the destination | 8 " in table

@@ -91,7 +91,7 @@ def _meta_end(data: bytes) -> int:
     return min(pos, len(data))
 
 
-def _dicom_header(data: bytes):
+def dicom_header(data: bytes):
     """(header dataset without pixel data, stream positioned at the pixel data element, transfer syntax,
     pixel data tag or None)."""
     import pydicom
@@ -431,7 +431,7 @@ def _dicom_to_grey(data: bytes) -> np.ndarray:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
     try:  # pydicom raises many types for corrupt files, some only when an element is first used
-        ds, stream, tsyntax, pixel_tag = _dicom_header(data)
+        ds, stream, tsyntax, pixel_tag = dicom_header(data)
         if not tsyntax.is_transfer_syntax:
             raise ImageReadError(f"DICOM transfer syntax {str(tsyntax)[:64]!r} is not a known transfer syntax")
         rows, cols, frames, samples, bits, photometric = _check_dicom_header(ds, pixel_tag)

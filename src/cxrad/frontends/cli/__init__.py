@@ -12,10 +12,10 @@ import sys
 
 from cxrad.errors import CxradError
 from cxrad.version import __version__
-from cxrad.frontends.cli import adapt, app, demo, detectors, evaluate, export, report, score, train
+from cxrad.frontends.cli import adapt, app, demo, detectors, evaluate, export, report, score, serve, train
 from cxrad.frontends.cli.common import EXIT_FATAL, load_config
 
-COMMANDS = (train, adapt, score, evaluate, report, export, app, demo, detectors)
+COMMANDS = (train, adapt, score, evaluate, report, export, serve, app, demo, detectors)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

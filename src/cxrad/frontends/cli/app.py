@@ -12,7 +12,8 @@ def add_parser(sub, argv=None) -> None:
     p = sub.add_parser("app", help="start the screening dashboard (Streamlit) on localhost",
                        description="Start the screening dashboard on http://127.0.0.1:PORT: upload PNG, JPEG or "
                        "DICOM chest X-rays and get a verdict, score, percentile among normal images, anomaly "
-                       "heatmap and reconstruction. A research tool, not a diagnostic device.")
+                       "heatmap and reconstruction; with --node-state or --node-db, a Worklist page of a screening "
+                       "node's films by score. A research tool, not a diagnostic device.")
     p.set_defaults(_subparser=p, func=run)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help="model bundle folder or shipped model name preselected in the "
@@ -20,6 +21,11 @@ def add_parser(sub, argv=None) -> None:
     p.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default 8501)")
     p.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB,
                    help=f"largest file accepted, in MB (default {DEFAULT_MAX_UPLOAD_MB})")
+    node = p.add_mutually_exclusive_group()
+    node.add_argument("--node-state", metavar="DIR", help="the Worklist page reads this screening node "
+                      "(the folder of `cxrad serve --state`)")
+    node.add_argument("--node-db", metavar="URL", help="the Worklist page reads this node database "
+                      "(e.g. postgresql+psycopg://user@host/db)")
 
 
 def run(args) -> int:
@@ -34,4 +40,10 @@ def run(args) -> int:
     if args.model is not None:
         from cxrad.bundles import resolve
         resolve(args.model)  # a wrong path fails here with a clear message, not later in the browser
-    return serve(args.port, args.max_upload_mb, args.model)
+    node_db = args.node_db
+    if args.node_state is not None:
+        from pathlib import Path
+        if not (Path(args.node_state) / "node.db").is_file():
+            raise UserError(f"--node-state {args.node_state}: no node.db in it (the folder of cxrad serve --state)")
+        node_db = str(Path(args.node_state).resolve())
+    return serve(args.port, args.max_upload_mb, args.model, node_db)

@@ -27,8 +27,9 @@ def add_parser(sub, argv=None) -> None:
     p.add_argument("--resume", action="store_true", help="skip files already in OUT/scores.csv")
     p.add_argument("--batch-size", type=int, default=64, help="images decoded and scored together (64)")
     p.add_argument("--workers", type=int, default=2, help="decoding threads (2)")
-    p.add_argument("--threads", type=int, default=None, help="the model's threads (default: the CPU cores left "
-                   "after --workers, at least 1)")
+    p.add_argument("--threads", type=int, default=None, help="the model's threads (default: chosen by measuring "
+                   "the first batches: the cores split by the cost of decoding and of the model, or 1 thread if "
+                   "that is faster)")
     p.add_argument("--json", action="store_true", help="print JSON Lines (one object per file, as each batch "
                    "is scored) instead of a table")
     ray = p.add_argument_group("Ray engine (pip install 'cxrad[ray]')")
