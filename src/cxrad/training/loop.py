@@ -3,9 +3,9 @@
 ``fit_epochs`` owns batching, the learning-rate schedule, validation in batches, time-based checkpoints and
 exact resume, a time box (``max_minutes``), keeping the best epoch's weights by validation loss and early
 stopping on it, weight snapshots for learning curves, progress (with the time left) and history, a CSV log
-of the losses, and data-parallel training when started under ``torchrun``. A detector hands it its networks and a *step*: the
-usual one (``loss_step``) corrupts a batch, runs the model and returns per-image losses; a GAN keeps its own
-two-player step.
+of the losses, and data-parallel training when started under ``torchrun``. A detector hands it its networks
+and a *step*: the usual one (``loss_step``) corrupts a batch, runs the model and returns per-image losses; a
+GAN keeps its own two-player step.
 
 Exactness: the shuffling and augmentation draw from one seeded generator over the *global* batch, so a run
 stopped at an epoch boundary and resumed, or split over N processes, sees the same batches and the same noise
