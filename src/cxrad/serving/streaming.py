@@ -108,10 +108,12 @@ def torch_threads(n: int | None):
 
 
 def score_stream(det, files: list[str], batch_size: int = 64, workers: int = 2, cache_dir=None,
-                 threads: int | None = None) -> Iterator[pd.DataFrame]:
+                 threads: int | None = None, pictures: tuple[str, ...] = (),
+                 on_pictures=None) -> Iterator[pd.DataFrame]:
     """Score ``files`` in batches; each batch is decoded (``workers`` threads) while the previous one is scored
     (with ``threads`` torch threads; None: ``model_threads(workers)``). Yields the score table of each batch,
-    error rows included, in input order within the batch."""
+    error rows included, in input order within the batch. With ``pictures`` (e.g. ``("map",)``), each batch's
+    pictures come from the same forward pass and go to ``on_pictures(images, table, pictures)``."""
     chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
     if not chunks:
         return
@@ -125,7 +127,12 @@ def score_stream(det, files: list[str], batch_size: int = 64, workers: int = 2, 
             images = pending.result()
             if i + 1 < len(chunks):
                 pending = prefetch.submit(load, chunks[i + 1])
-            yield det.score(images)
+            if not pictures:
+                yield det.score(images)
+                continue
+            table, drawn = det.explain(images, pictures=pictures)
+            on_pictures(images, table, drawn)
+            yield table
 
 
 @dataclass
@@ -179,10 +186,11 @@ def summarise(table: pd.DataFrame, head: int = 200) -> ScoreSummary:
 
 def score_to_files(det, files: list[str], out=None, resume: bool = False, batch_size: int = 64, workers: int = 2,
                    cache_dir=None, progress: bool = False, threads: int | None = None, on_batch=None,
-                   head: int = 200) -> ScoreSummary:
+                   head: int = 200, pictures: tuple[str, ...] = (), on_pictures=None) -> ScoreSummary:
     """Stream the scores of ``files`` into ``out``/scores.csv and scores.jsonl (nothing is written when ``out``
-    is None), appending batch by batch, each write flushed to disk; ``on_batch(rows)`` sees every batch. With
-    ``resume``, files already in scores.csv are skipped. Only counts and the first ``head`` rows stay in memory."""
+    is None), appending batch by batch, each write flushed to disk; ``on_batch(rows)`` sees every batch (and
+    ``on_pictures`` the ``pictures`` of each, as in ``score_stream``). With ``resume``, files already in
+    scores.csv are skipped. Only counts and the first ``head`` rows stay in memory."""
     summary = ScoreSummary()
     csv_path = jsonl_path = None
     done = set()
@@ -204,7 +212,7 @@ def score_to_files(det, files: list[str], out=None, resume: bool = False, batch_
         from tqdm.auto import tqdm
         bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img", desc="scoring")
     columns = None
-    for table in score_stream(det, todo, batch_size, workers, cache_dir, threads):
+    for table in score_stream(det, todo, batch_size, workers, cache_dir, threads, pictures, on_pictures):
         columns = columns or score_columns(table, det.components)
         rows = table[columns]
         if csv_path is not None:
