@@ -1,4 +1,5 @@
-"""The errors cxrad raises on purpose. Each stops a command with a one-line message; none is a bug."""
+"""The errors cxrad raises on purpose (each stops a command with a one-line message; none is a bug), and the
+warnings it gives (the command line prints each as one ``warning:`` line)."""
 from __future__ import annotations
 
 
@@ -28,3 +29,11 @@ class ImageReadError(CxradError, ValueError):
 
 class ExportError(CxradError, ValueError):
     """A model that cannot be exported in the asked format; the message says why and what to do instead."""
+
+
+class CxradWarning(UserWarning):
+    """Base of cxrad's warnings: something the user should know, that does not stop the work."""
+
+
+class DataWarning(CxradWarning):
+    """A dataset read in a way the user may not expect (e.g. a folder without class sub-folders taken as normal)."""

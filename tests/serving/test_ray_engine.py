@@ -66,3 +66,20 @@ def test_score_command_on_ray_uses_the_given_operating_point(local_ray, tiny_mod
     rows = read_scores(tmp_path / "out" / "scores.csv")
     assert len(rows) == 6 and set(rows["anomalous"]) == {True}  # every score is above 0
     assert (tmp_path / "out" / "scores-00001.csv").exists()
+
+
+def test_both_engines_print_the_same_table_and_ray_warns_of_nothing(local_ray, tiny_model, files, tmp_path, capfd):
+    """One renderer for the terminal table (the same precision, the same empty cells for the unreadable file),
+    and none of Ray's deprecation warnings on the way."""
+    _, bundle = tiny_model("dae")
+    tables = {}
+    for engine in ("local", "ray"):
+        extra = ["--actors", "2", "--shard-size", "8"] if engine == "ray" else []
+        code = main(["score", *files, "--model", str(bundle), "--engine", engine, *extra, "--out",
+                     str(tmp_path / engine), "--quiet", "--device", "cpu"])
+        out, err = capfd.readouterr()
+        assert code == 3, err
+        assert "deprecated" not in err.lower() and "Warning" not in err, err
+        tables[engine] = out
+    assert tables["ray"] == tables["local"]
+    assert "NaN" not in tables["local"] and "<NA>" not in tables["local"]

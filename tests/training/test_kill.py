@@ -143,7 +143,7 @@ def test_kills_leave_the_previous_or_the_new_bundle_and_resume_exactly(tmp_path)
             rc = finish(proc)
             state = bundle_state(out)  # never a mix: one of the two whole bundles
             assert state in (prev_state, ref_state), f"after a kill {where}: the bundle is neither"
-            leftovers = {p.name for p in out.iterdir()} - {"model.json", "checkpoint"}
+            leftovers = {p.name for p in out.iterdir()} - {"model.json", "checkpoint", "losses.csv"}
             assert all(n.startswith("weights-") or n.endswith(".tmp") for n in leftovers), leftovers
             if rc == 0:
                 break

@@ -172,18 +172,90 @@ def test_fit_epochs_with_a_custom_step_records_each_named_loss():
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, sample_manifest):
     """torchrun --nproc-per-node 2 (gloo on CPU) trains the same DAE as one process: every rank sees its half of
-    the same global batches with the same noise, and DDP averages the gradients."""
+    the same global batches with the same noise, and DDP averages the gradients. The notes are printed once, not
+    by every rank, and torch's FutureWarning about ``broadcast_buffers`` is not printed at all."""
+    import shutil
     manifest = tmp_path / "train.csv"
-    sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)].head(40).to_csv(
-        manifest, index=False)
+    rows = sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)].head(40)
+    copy = tmp_path / "copy.jpeg"  # one duplicate file, so that "removed 1 duplicate" is printed
+    shutil.copy(rows["path"].iloc[0], copy)
+    rows = rows.copy()
+    rows.loc[rows.index[-1], "path"] = str(copy)
+    rows.to_csv(manifest, index=False)
     common = ["train", "--data", str(manifest), "--detector", "dae", "--image-size", "32", "--epochs", "2",
               "--param", "width=8", "--param", "depth=3", "--batch-size", "16", "--device", "cpu", "--quiet",
               "--cache-dir", str(tmp_path / "cache")]
     env = dict(os.environ, OMP_NUM_THREADS="1", CXRAD_DDP_BACKEND="gloo")
     subprocess.run([sys.executable, "-m", "cxrad", *common, "--out", str(tmp_path / "one")], check=True, env=env,
                    timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                    "-m", "cxrad", *common, "--out", str(tmp_path / "two")], check=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "cxrad", *common, "--out", str(tmp_path / "two")], env=env, timeout=300,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("removed 1 duplicate") == 1, done.stderr
+    assert "FutureWarning" not in done.stderr and "broadcast_buffers" not in done.stderr, done.stderr
     one, two = (json.loads((tmp_path / d / "model.json").read_text()) for d in ("one", "two"))
     np.testing.assert_allclose(two["history"]["train_loss"], one["history"]["train_loss"], rtol=1e-4)
     np.testing.assert_allclose(two["normal_scores"], one["normal_scores"], rtol=1e-3, atol=1e-5)
+
+
+def test_keep_best_ends_with_the_best_epochs_weights_and_resumes_to_them(small_sets, tmp_path):
+    """keep='best' gives the weights the run had at its lowest validation loss: those of a run stopped there (the
+    same batches and noise up to it). A run time-boxed and resumed keeps the same best epoch and weights."""
+    train, _ = small_sets[32]
+    best = tiny_dae(epochs=4, keep="best", lr=3e-2).fit(train)
+    val = best.history_["val_loss"]
+    assert best.best_epoch_ == int(np.argmin(val)) + 1 and best.kept_ == "best" and len(val) == 4
+    upto = tiny_dae(epochs=best.best_epoch_, lr=3e-2).fit(train)
+    for k, v in weights(upto).items():
+        assert torch.equal(weights(best)[k], v), k
+    ckpt = str(tmp_path / "ckpt")
+    for _ in range(2):  # two epochs in two time-boxed pieces, then the rest
+        tiny_dae(epochs=4, keep="best", lr=3e-2, checkpoint_dir=ckpt, max_minutes=1e-9).fit(train)
+    resumed = tiny_dae(epochs=4, keep="best", lr=3e-2, checkpoint_dir=ckpt).fit(train)
+    assert resumed.history_["val_loss"] == val and resumed.best_epoch_ == best.best_epoch_
+    for k, v in weights(best).items():
+        assert torch.equal(weights(resumed)[k], v), k
+
+
+def test_early_stopping_goes_by_the_validation_loss(tmp_path):
+    """patience=2 stops two epochs after the lowest validation loss; keep='best' restores that epoch's weights;
+    every epoch's losses are in the CSV log."""
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = loss_step(model, lambda m, x, t: (m(x.flatten(1)[:, :4]) ** 2).flatten(1).mean(1), opt)
+    curve = iter([3.0, 2.0, 2.5, 2.75, 1.0, 0.5])  # the validation loss each epoch: lowest at epoch 2, then worse
+    seen = {}
+
+    def val_loss(x, gen):
+        return torch.full((len(x),), next(curve))
+    images = np.random.default_rng(0).integers(0, 255, (10, 8, 8), dtype=np.uint8)
+    cfg = TrainConfig(epochs=6, batch_size=4, lr=0.1, keep="best", patience=2, log_csv=str(tmp_path / "losses.csv"))
+    result = fit_epochs({"m": model}, {"opt": opt}, step, images, cfg, val=images[:2], val_loss=val_loss,
+                        on_epoch=lambda e: seen.setdefault(e, {k: v.clone() for k, v in model.state_dict().items()}))
+    assert result.stopped_early and result.finished and result.epochs_done == 4 and result.best_epoch == 2
+    assert result.history["val_loss"] == [3.0, 2.0, 2.5, 2.75] and result.kept == "best"
+    for k, v in seen[1].items():  # 0-based epoch 1 is the 2nd
+        assert torch.equal(model.state_dict()[k], v)
+    log = (tmp_path / "losses.csv").read_text().splitlines()
+    assert log[0] == "epoch,samples,lr,train_loss,val_loss" and len(log) == 5
+    assert log[2].split(",")[:2] == ["2", "20"] and float(log[2].split(",")[-1]) == 2.0
+    with pytest.raises(ValueError, match="validation loss"):
+        fit_epochs({"m": model}, {"opt": opt}, step, images, TrainConfig(epochs=1, batch_size=4, lr=0.1, patience=1))
+    for bad in ({"keep": "first"}, {"patience": 0}):
+        with pytest.raises(ValueError):
+            TrainConfig(epochs=1, batch_size=1, lr=1e-3, **bad)
+
+
+def test_another_runs_checkpoint_is_named_and_left_for_a_fresh_start(small_sets, tmp_path, caplog):
+    train, _ = small_sets[32]
+    ckpt = str(tmp_path)
+    tiny_dae(epochs=2, checkpoint_dir=ckpt, max_minutes=1e-9).fit(train)
+    with caplog.at_level("INFO", logger="cxrad"):
+        tiny_dae(epochs=2, checkpoint_dir=ckpt, max_minutes=1e-9).fit(train)
+    assert "resuming from epoch 1 of 2" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cxrad"):
+        fresh = tiny_dae(epochs=2, checkpoint_dir=ckpt, noise_std=0.5, resize="pad").fit(train)
+    assert "setting noise_std" in caplog.text and "setting resize 'stretch' -> 'pad'" in caplog.text
+    assert "resuming" not in caplog.text and len(fresh.history_["train_loss"]) == 2

@@ -7,12 +7,13 @@ import io
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxrad.errors import DataError, ImageReadError
+from cxrad.errors import DataError, DataWarning, ImageReadError
 from cxrad.files import UnsafeFileError, read_regular_file, regular_file_size, walk_files
 from cxrad.imaging import IMAGE_SUFFIXES
 
@@ -21,6 +22,11 @@ MANIFEST_COLUMNS = ["path", "label", "finding", "patient_id", "source", "orig_sp
 EXTRA_COLUMNS = ("view", "age", "sex", "sample_weight")
 NORMAL_WORDS = {"normal", "0", "no finding", "no_finding", "no_findings", "healthy", "negative", "false"}
 ABNORMAL_WORDS = {"abnormal", "1", "anomaly", "anomalous", "positive", "true"}
+#: publisher split folders of a class-folder dataset (they become ``orig_split``, never a class)
+SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")
+#: the CSV files a dataset folder may hold, in the order they are looked for (``all_labels.csv`` joins the
+#: ``labels.csv`` of sub-datasets)
+LABEL_FILES = ("labels.csv", "all_labels.csv")
 NPZ_SEP = "::"  # "file.npz::test[12]" names one array of a MedMNIST file
 SAMPLES = Path(__file__).parent / "samples"
 MAX_MANIFEST_BYTES = 1024 * 2**20
@@ -53,11 +59,21 @@ def _finish(df: pd.DataFrame, source: str) -> pd.DataFrame:
     return df[MANIFEST_COLUMNS + [c for c in df.columns if c not in MANIFEST_COLUMNS]].reset_index(drop=True)
 
 
+def label_word(text) -> str:
+    """A label or class folder name compared with NORMAL_WORDS / ABNORMAL_WORDS: case, spaces, '-' and '_' do not
+    matter ('No_findings' is 'no findings')."""
+    return re.sub(r"[\s_-]+", " ", str(text).strip().lower())
+
+
+_NORMAL = {label_word(w) for w in NORMAL_WORDS}
+_ABNORMAL = {label_word(w) for w in ABNORMAL_WORDS}
+
+
 def parse_label(value) -> int:
-    text = str(value).strip().lower()
-    if text in NORMAL_WORDS:
+    text = label_word(value)
+    if text in _NORMAL:
         return 0
-    if text in ABNORMAL_WORDS:
+    if text in _ABNORMAL:
         return 1
     raise DataError(f"label {value!r} is neither normal nor abnormal (use normal/abnormal or 0/1)")
 
@@ -67,36 +83,63 @@ def _image_files(root: Path) -> list[Path]:
     return [Path(p) for p in files if Path(p).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(p)]
 
 
-def from_folder(root, normal: tuple[str, ...] = ("NORMAL",), abnormal: tuple[str, ...] | None = None,
+def from_folder(root, normal: tuple[str, ...] | None = None, abnormal: tuple[str, ...] | None = None,
                 source: str | None = None) -> pd.DataFrame:
-    """Class sub-folders (e.g. ``train/NORMAL``, ``train/PNEUMONIA``).
+    """Class sub-folders (e.g. ``train/NORMAL``, ``train/PNEUMONIA``), or a folder of normal images.
 
-    An image is normal if one of its parent folders is named in ``normal`` (case-insensitive); abnormal if a
-    parent is in ``abnormal`` (any other class folder when ``abnormal`` is None). ``train``/``val``/``test``
-    parents become ``orig_split``; the finding is the class folder name.
+    An image's class folder is its nearest parent that is not a split folder (``train``, ``val``, ``test``...;
+    those become ``orig_split``); the finding is its name. It is normal if named in ``normal`` (default: the
+    words of NORMAL_WORDS, as CSV labels: ``NORMAL``, ``No_findings``, ``healthy``...; case, spaces, '-' and
+    '_' ignored), abnormal if named in ``abnormal`` (default: every other class folder). A folder with no class
+    sub-folders at all (its images directly in it, or in split folders only) is a folder of normal images, as
+    anomalib's ``normal_dir``; a DataWarning says so. ``.`` in ``normal`` makes images with no class folder
+    normal in any folder.
     """
     root = Path(root)
-    normal_set = {n.lower() for n in normal}
-    abnormal_set = None if abnormal is None else {a.lower() for a in abnormal}
-    rows = []
+    normal_set = {label_word(n) for n in normal} if normal else set(_NORMAL)
+    abnormal_set = None if abnormal is None else {label_word(a) for a in abnormal}
+    found = []
     for p in _image_files(root):
-        parents = [q.lower() for q in p.relative_to(root).parts[:-1]]
-        split = next((q for q in parents if q in ("train", "val", "valid", "validation", "test")), "")
-        classes = [q for q in parents if q not in ("train", "val", "valid", "validation", "test")]
-        if not classes:
-            continue
-        cls = classes[-1]
-        if cls in normal_set:
+        parents = p.relative_to(root).parts[:-1]
+        split = next((q.lower() for q in parents if q.lower() in SPLIT_FOLDERS), "")
+        classes = [q for q in parents if q.lower() not in SPLIT_FOLDERS]
+        found.append((p, split, classes[-1] if classes else None))
+    flat = bool(found) and all(cls is None for _, _, cls in found)
+    rows, unclassed = [], 0
+    for p, split, cls in found:
+        if cls is None:
+            if not (flat or "." in normal_set):
+                unclassed += 1
+                continue
             label = 0
-        elif abnormal_set is None or cls in abnormal_set:
+        elif label_word(cls) in normal_set:
+            label = 0
+        elif abnormal_set is None or label_word(cls) in abnormal_set:
             label = 1
         else:
             continue
-        rows.append({"path": str(p), "label": label, "finding": p.parent.name, "orig_split": split,
+        rows.append({"path": str(p), "label": label, "finding": cls or "", "orig_split": split,
                      "patient_id": _guess_patient(p.name)})
+    if flat:
+        warnings.warn(f"{root}: no class sub-folders, so its {len(rows)} image(s) are all taken as normal (a folder "
+                      "of normal images); for labelled data use class folders, NLM names or a CSV", DataWarning,
+                      stacklevel=2)
+    elif unclassed:
+        warnings.warn(f"{root}: {unclassed} image(s) lie outside any class folder and were left out "
+                      "(--normal . takes them as normal)", DataWarning, stacklevel=2)
     if not rows:
         return _empty_manifest()
     return _finish(pd.DataFrame(rows), source or root.name)
+
+
+def class_folders(root) -> list[str]:
+    """The class folder names of a class-folder dataset (split folders left out), sorted."""
+    root = Path(root)
+    names = set()
+    for p in _image_files(root):
+        classes = [q for q in p.relative_to(root).parts[:-1] if q.lower() not in SPLIT_FOLDERS]
+        names.update(classes[-1:])
+    return sorted(names, key=str.lower)
 
 
 def _guess_patient(name: str) -> str:
@@ -177,31 +220,58 @@ def from_npz(npz_path, source: str | None = None) -> pd.DataFrame:
     return _finish(pd.DataFrame(rows), source or npz_path.stem)
 
 
-def open_dataset(path, kind: str = "auto", normal: tuple[str, ...] = ("NORMAL",),
-                 abnormal: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Open a dataset of any supported kind; ``kind`` is auto|folder|nlm|csv|npz."""
+def dataset_kind(path, kind: str = "auto") -> tuple[Path, str]:
+    """(the file or folder to read, its kind) for ``open_dataset``: ``kind`` auto is guessed from the path (a
+    folder's ``labels.csv`` or ``all_labels.csv``, NLM names, else class folders)."""
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file or directory")
-    if kind == "auto":
-        if p.suffix.lower() == ".csv":
-            kind = "csv"
-        elif p.suffix.lower() == ".npz":
-            kind = "npz"
-        elif p.is_dir() and (p / "labels.csv").exists():
-            p, kind = p / "labels.csv", "csv"
-        elif p.is_dir() and any(NLM_PATTERN.match(f.stem) for f in _image_files(p)[:50]):
-            kind = "nlm"
-        else:
-            kind = "folder"
+    if kind != "auto":
+        return p, kind
+    if p.suffix.lower() == ".csv":
+        return p, "csv"
+    if p.suffix.lower() == ".npz":
+        return p, "npz"
+    if p.is_dir():
+        for name in LABEL_FILES:
+            if (p / name).is_file():
+                return p / name, "csv"
+        if any(NLM_PATTERN.match(f.stem) for f in _image_files(p)[:50]):
+            return p, "nlm"
+    return p, "folder"
+
+
+def open_dataset(path, kind: str = "auto", normal: tuple[str, ...] | None = None,
+                 abnormal: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Open a dataset of any supported kind; ``kind`` is auto|folder|nlm|csv|npz (see ``dataset_kind``).
+
+    A folder read as class folders or NLM names whose sub-folders hold their own label files (sub-datasets
+    flattened into one) gives a DataWarning naming them."""
+    if not Path(path).exists():
+        raise DataError(f"{path}: no such file or directory")
+    p, kind = dataset_kind(path, kind)
     loaders = {"csv": lambda: from_csv(p), "npz": lambda: from_npz(p), "nlm": lambda: from_nlm(p),
                "folder": lambda: from_folder(p, normal, abnormal)}
     if kind not in loaders:
         raise DataError(f"unknown dataset kind {kind!r}; use auto, folder, nlm, csv or npz")
+    if kind in ("folder", "nlm") and p.is_dir():
+        _warn_nested(p)
     df = loaders[kind]()
     if df.empty:
-        raise DataError(f"{path}: no labelled images found (kind={kind})")
+        empty = p.is_dir() and not _image_files(p)
+        raise DataError(f"{path}: no labelled images found (kind={kind})"
+                        + (f": no image files in it ({', '.join(sorted(IMAGE_SUFFIXES))})" if empty else ""))
     return df
+
+
+def _warn_nested(root: Path) -> None:
+    """Sub-folders with their own label files are datasets of their own: reading their parent as one folder
+    ignores their labels and sources and mixes their images (copies of the same films among them)."""
+    nested = sorted({f.parent.relative_to(root).as_posix() for name in LABEL_FILES for f in root.rglob(name)
+                     if f.parent != root and f.is_file()})
+    if nested:
+        shown = ", ".join(f"{n}/" for n in nested[:6]) + (f" and {len(nested) - 6} more" if len(nested) > 6 else "")
+        warnings.warn(f"{root}: holds {len(nested)} sub-dataset(s) with their own labels.csv ({shown}), read here as "
+                      "one folder of class sub-folders: their labels and sources are ignored and their images mixed; "
+                      "give one sub-dataset, or a CSV manifest of the ones you mean", DataWarning, stacklevel=3)
 
 
 def select_split(df: pd.DataFrame, split: str, where: str = "dataset") -> pd.DataFrame:

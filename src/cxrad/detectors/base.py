@@ -36,11 +36,14 @@ from cxrad.detectors.registry import REGISTRY
 from cxrad.detectors.results import score_table
 from cxrad.errors import BundleError, NotFittedError
 from cxrad.imaging import Preprocessing
-from cxrad.training import TrainConfig, load_module, resolve_device, run_key, wrap_ddp
+from cxrad.training import TrainConfig, load_module, resolve_device, run_identity, run_key, wrap_ddp
 
 #: settings that change how a run executes, not what it learns: left out of bundles and run keys
 RUNTIME_PARAMS = frozenset({"device", "progress", "checkpoint_dir", "cache_dir", "max_minutes",
-                            "checkpoint_minutes", "snapshot_every", "warm_start"})
+                            "checkpoint_minutes", "snapshot_every", "warm_start", "loss_log"})
+#: learned settings left out of run keys: they do not change the training up to any epoch (only how long it
+#: runs, and which epoch's weights it ends with), so a checkpoint serves a run that changes them
+NOT_IN_RUN_KEY = frozenset({"epochs", "keep", "patience"})
 
 
 @dataclass(repr=False, eq=False)
@@ -419,14 +422,21 @@ class TrainedDetector(Detector):
         Start from the current (fitted or loaded) weights instead of new ones: fine-tuning.
     snapshot_every : int
         Also keep the weights every this many training samples, in checkpoint_dir/snapshots (learning curves).
+    keep : str
+        'last' (the last epoch's weights) or 'best' (the epoch with the lowest loss on the held-out normal images).
+    patience : int
+        Stop early when the held-out normal images' loss has not improved for this many epochs (None: never).
+    loss_log : str
+        CSV file that gets every epoch's losses as training goes (None: none).
     """
 
     #: whether ``warm_start`` (fine-tuning from saved weights, ``cxrad train --init``) is implemented
     supports_warm_start: ClassVar[bool] = True
     fitted_modules: ClassVar[dict[str, str]] = {"model_": ""}
+    choices: ClassVar[dict[str, tuple]] = {**Detector.choices, "keep": ("last", "best")}
     bounds: ClassVar[dict[str, tuple]] = {**Detector.bounds, "epochs": (1, 10**7), "lr": (0.0, 10.0),
                                           "checkpoint_minutes": (0.0, 10**6), "max_minutes": (0.0, 10**7),
-                                          "snapshot_every": (1, 10**12)}
+                                          "snapshot_every": (1, 10**12), "patience": (1, 10**7)}
 
     epochs: int = 50
     lr: float = 1e-3
@@ -435,19 +445,24 @@ class TrainedDetector(Detector):
     max_minutes: float | None = None
     warm_start: bool = False
     snapshot_every: int | None = None
+    keep: str = "last"
+    patience: int | None = None
+    loss_log: str | None = None
 
     def train_config(self, train: np.ndarray, val: np.ndarray, desc: str, sample_weight=None,
                      **settings) -> TrainConfig:
         """The loop's settings for this detector; the run key ties checkpoints to the data (and its sampling
-        weights), the learned settings (less ``epochs``, so a finished run can be extended) and the starting
-        weights."""
+        weights), the learned settings (less ``epochs``, so a finished run can be extended, and the others of
+        NOT_IN_RUN_KEY) and the starting weights."""
         start = self.weights() if self.warm_start and hasattr(self, "thresholds_") else {}
-        key = run_key(train, val, {k: v for k, v in self.learned_params().items() if k != "epochs"}, start,
-                      sample_weight)
+        keyed = {k: v for k, v in self.learned_params().items() if k not in NOT_IN_RUN_KEY}
         cfg = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
                "device": self.device, "checkpoint_dir": self.checkpoint_dir,
                "checkpoint_minutes": self.checkpoint_minutes, "max_minutes": self.max_minutes,
-               "snapshot_every": self.snapshot_every, "progress": self.progress, "desc": desc, "key": key}
+               "snapshot_every": self.snapshot_every, "progress": self.progress, "desc": desc,
+               "key": run_key(train, val, keyed, start, sample_weight),
+               "identity": run_identity(train, val, keyed, start, sample_weight),
+               "keep": self.keep, "patience": self.patience, "log_csv": self.loss_log}
         return TrainConfig(**{**cfg, **settings})
 
     def networks(self) -> dict:
@@ -463,23 +478,34 @@ class TrainedDetector(Detector):
         return model, wrap_ddp(model, device), device
 
     def record(self, result) -> None:
-        """Keep the loop's history, and whether a time box stopped it before the last epoch."""
+        """Keep the loop's history, whether a time box stopped it before the last epoch, and which epoch's
+        weights the model holds."""
         self.history_ = {**getattr(self, "history_", {}), **result.history}
         self.epochs_done_, self.training_finished_ = result.epochs_done, result.finished
+        self.best_epoch_, self.kept_ = result.best_epoch, result.kept
 
     def state(self) -> dict:
-        return {"epochs_done": getattr(self, "epochs_done_", self.epochs),
-                "training_finished": bool(getattr(self, "training_finished_", True))}
+        state = {"epochs_done": getattr(self, "epochs_done_", self.epochs),
+                 "training_finished": bool(getattr(self, "training_finished_", True))}
+        if getattr(self, "best_epoch_", None) is not None:  # 1-based; the weights are its when kept is "best"
+            state.update(best_epoch=int(self.best_epoch_), kept=str(getattr(self, "kept_", "last")))
+        return state
 
     @classmethod
     def from_document(cls, doc: dict, device: str = "auto", where: str = "bundle") -> "Detector":
         det = super().from_document(doc, device, where)
         state = doc.get("state") or {}
         done, finished = state.get("epochs_done", det.epochs), state.get("training_finished", True)
+        best, kept = state.get("best_epoch"), state.get("kept", "last")
         if not isinstance(done, int) or isinstance(done, bool) or done < 0 or not isinstance(finished, bool):
             raise BundleError(f"{where}: malformed model.json (state: epochs_done must be a whole number and "
                               "training_finished true or false)")
+        if (best is not None and (not isinstance(best, int) or isinstance(best, bool) or best < 0)) or \
+                kept not in ("last", "best"):
+            raise BundleError(f"{where}: malformed model.json (state: best_epoch must be a whole number or null "
+                              "and kept 'last' or 'best')")
         det.epochs_done_, det.training_finished_ = done, finished
+        det.best_epoch_, det.kept_ = best, kept
         return det
 
 

@@ -122,6 +122,63 @@ def percentile_of(normal_scores_sorted: np.ndarray, scores) -> np.ndarray:
     return 100.0 * np.searchsorted(ref, np.asarray(scores, float), side="right") / ref.size
 
 
+# ------------------------------------------------------------------------------------- confidence
+#: fewer held-out normal scores than this and a threshold's specificity is too uncertain to trust unwarned
+MIN_NORMALS = 50
+
+
+@dataclass(frozen=True)
+class ThresholdConfidence:
+    """How far a threshold can be trusted, from the ``n`` held-out normal scores it rests on: the share of them
+    at or below it (its specificity there) with the Clopper-Pearson interval of the specificity it gives on new
+    normal images, and the distribution-free (order-statistic) interval of the quantile threshold itself
+    (None for a side with too few scores to bound it)."""
+
+    n: int
+    specificity: float
+    specificity_ci: tuple[float, float]
+    threshold_ci: tuple[float | None, float | None]
+    level: float = 0.95
+
+    @property
+    def few(self) -> bool:
+        return self.n < MIN_NORMALS
+
+    def describe(self) -> str:
+        lo, hi = self.threshold_ci
+        pct = f"{self.level:.0%}"
+        bounds = (f"{lo:.4g}" if lo is not None else "below the lowest normal score") + " to " + \
+            (f"{hi:.4g}" if hi is not None else "above the highest")
+        return (f"{pct} CI of the threshold {bounds}; specificity on the {self.n} held-out normals "
+                f"{self.specificity:.3f}, {pct} CI {self.specificity_ci[0]:.2f}-{self.specificity_ci[1]:.2f}")
+
+    def warning(self) -> str | None:
+        if not self.few:
+            return None
+        return (f"the threshold rests on only {self.n} held-out normal image(s) (fewer than {MIN_NORMALS}): on new "
+                f"normal images its specificity could be anywhere from {self.specificity_ci[0]:.2f} to "
+                f"{self.specificity_ci[1]:.2f} ({self.level:.0%} CI); train on more normal images or raise "
+                "--val-fraction")
+
+
+def threshold_confidence(normal_scores, threshold: float, level: float = 0.95) -> ThresholdConfidence:
+    """``ThresholdConfidence`` of ``threshold`` on the held-out normal scores it was set on."""
+    from scipy.stats import beta, binom
+    s = np.sort(np.asarray(normal_scores, float))
+    n = int(s.size)
+    if n == 0:
+        raise ValueError("a threshold's confidence needs held-out normal scores")
+    k = int(np.searchsorted(s, threshold, side="right"))  # normal scores at or below it pass as normal
+    a = (1 - level) / 2
+    spec_lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    spec_hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    q = min(max(k / n, 1e-12), 1 - 1e-12)
+    lo_rank, hi_rank = int(binom.ppf(a, n, q)), int(binom.ppf(1 - a, n, q)) + 1  # 1-based order statistics
+    return ThresholdConfidence(n, k / n, (spec_lo, spec_hi),
+                               (float(s[lo_rank - 1]) if lo_rank >= 1 else None,
+                                float(s[hi_rank - 1]) if hi_rank <= n else None), level)
+
+
 # ---------------------------------------------------------------------------------- operating points
 OPERATING_MODES = ("stored", "specificity", "sensitivity", "fixed")
 

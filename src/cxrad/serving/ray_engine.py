@@ -122,9 +122,13 @@ def _run(ray, actor_args, files, shards, todo, out, actors, batch_size, progress
     items = [{"path": files[i], "row": int(i)} for k in todo for i in range(starts[k], starts[k + 1])]
     if actors is None:
         actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * actors)))
+    # at least one block per actor (fewer and Ray warns that actors stay idle), at most one per file
+    blocks = max(1, min(len(items), max(actors, min(len(items) // batch_size, 4 * actors))))
+    actors = min(actors, blocks)
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    # a fixed pool of ``actors`` (``concurrency=`` is deprecated in favour of ``compute``)
     scored = ds.map_batches(BundleScorer, fn_constructor_kwargs=actor_args, batch_size=batch_size,
-                            batch_format="pandas", concurrency=actors, num_cpus=1)
+                            batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1)
     shard_of = np.searchsorted(starts, np.arange(len(files)), side="right") - 1
     pending: dict[int, list[pd.DataFrame]] = {}
     for batch in scored.iter_batches(batch_size=None, batch_format="pandas"):

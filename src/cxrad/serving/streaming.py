@@ -201,10 +201,13 @@ def torch_threads(n: int | None):
 
 
 def score_stream(det, files: list[str], batch_size: int = 64, workers: int = 2, cache_dir=None,
-                 threads: int | None = None) -> Iterator[pd.DataFrame]:
+                 threads: int | None = None, pictures: tuple[str, ...] = (),
+                 on_pictures=None) -> Iterator[pd.DataFrame]:
     """Score ``files`` in batches; each batch is decoded (``workers`` threads) while the previous one is scored
     (with ``threads`` torch threads; None: chosen by ``ThreadChooser`` from the measured cost of each stage).
-    Yields the score table of each batch, error rows included, in input order within the batch."""
+    Yields the score table of each batch, error rows included, in input order within the batch. With
+    ``pictures`` (e.g. ``("map",)``), each batch's pictures come from the same forward pass and go to
+    ``on_pictures(images, table, pictures)``."""
     chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
     if not chunks:
         return
@@ -233,9 +236,14 @@ def score_stream(det, files: list[str], batch_size: int = 64, workers: int = 2, 
                     torch.set_num_threads(int(n))
                     current = n
                 t0 = time.perf_counter()
-                table = det.score(images)
+                if pictures:
+                    table, drawn = det.explain(images, pictures=pictures)
+                else:
+                    table = det.score(images)
                 if chooser is not None:
                     chooser.observe_model(n, len(images), time.perf_counter() - t0)
+                if pictures:
+                    on_pictures(images, table, drawn)
                 yield table
     finally:
         torch.set_num_threads(before)
@@ -396,9 +404,10 @@ def output_lock(out: Path):
 
 def score_to_files(det, files: list[str], out=None, resume: bool = False, batch_size: int = 64, workers: int = 2,
                    cache_dir=None, progress: bool = False, threads: int | None = None, on_batch=None,
-                   head: int = 200) -> ScoreSummary:
+                   head: int = 200, pictures: tuple[str, ...] = (), on_pictures=None) -> ScoreSummary:
     """Stream the scores of ``files`` into ``out``/scores.csv and scores.jsonl (nothing is written when ``out``
-    is None), appending batch by batch, each write flushed to disk; ``on_batch(rows)`` sees every batch. With
+    is None), appending batch by batch, each write flushed to disk; ``on_batch(rows)`` sees every batch (and
+    ``on_pictures`` the ``pictures`` of each, as in ``score_stream``). With
     ``resume``, files already in scores.csv are skipped (refused if the folder was scored with another model or
     operating point). The folder is locked for the run. Only counts and the first ``head`` rows stay in memory.
     Paths are written as ``files.path_text`` gives them (a name that is not UTF-8 shows its bytes as \\xNN)."""
@@ -408,7 +417,7 @@ def score_to_files(det, files: list[str], out=None, resume: bool = False, batch_
             out.mkdir(parents=True, exist_ok=True)
             stack.enter_context(output_lock(out))
         return _score_to_files(det, files, out, resume, batch_size, workers, cache_dir, progress, threads,
-                               on_batch, head)
+                               on_batch, head, pictures, on_pictures)
 
 
 def expected_columns(det) -> list[str]:
@@ -416,7 +425,7 @@ def expected_columns(det) -> list[str]:
 
 
 def _score_to_files(det, files, out, resume, batch_size, workers, cache_dir, progress, threads, on_batch,
-                    head) -> ScoreSummary:
+                    head, pictures, on_pictures) -> ScoreSummary:
     summary = ScoreSummary()
     csv_path = jsonl_path = None
     done = set()
@@ -437,7 +446,7 @@ def _score_to_files(det, files, out, resume, batch_size, workers, cache_dir, pro
         from tqdm.auto import tqdm
         bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img", desc="scoring")
     columns = None
-    for table in score_stream(det, todo, batch_size, workers, cache_dir, threads):
+    for table in score_stream(det, todo, batch_size, workers, cache_dir, threads, pictures, on_pictures):
         columns = columns or score_columns(table, det.components)
         rows = table[columns].copy()
         rows["path"] = rows["path"].map(path_text)

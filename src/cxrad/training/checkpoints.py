@@ -2,7 +2,9 @@
 execute code when loaded."""
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from cxrad.files import atomic_open, remove_stale_temporaries
 from cxrad.training.distributed import Distributed, unwrap
 
 CHECKPOINT_FILE = "last.safetensors"
+log = logging.getLogger("cxrad.training")
 
 
 class CheckpointError(RuntimeError):
@@ -20,47 +23,67 @@ class CheckpointError(RuntimeError):
 
 class Checkpointer:
     """Training state in ``<dir>/last.safetensors``: tensors in safetensors, everything else (epoch, history,
-    the nesting of optimizer states) as JSON in its header. Nothing in it can execute code when loaded.
-    Written atomically by rank 0; every rank resumes from it."""
+    the nesting of optimizer states, what the run was trained on) as JSON in its header. Nothing in it can
+    execute code when loaded. Written atomically by rank 0; every rank resumes from it.
 
-    def __init__(self, directory, key: str = "", dist: Distributed = Distributed()):
+    A checkpoint is resumed only by the run that wrote it (the same ``key``); another run's is left alone and
+    replaced at the first save, with a warning that names what differs (from ``identity``, see
+    ``run_identity``). The weights of the epoch with the lowest validation loss so far travel with it, so that
+    a resumed run keeps the best ones too."""
+
+    def __init__(self, directory, key: str = "", dist: Distributed = Distributed(), identity: dict | None = None):
         self.dir = Path(directory) if directory else None
-        self.key, self.dist = key, dist
+        self.key, self.dist, self.identity = key, dist, identity
 
     @property
     def path(self) -> Path | None:
         return self.dir / CHECKPOINT_FILE if self.dir else None
 
-    def save(self, modules, optimizers, gen: torch.Generator, epoch: int, samples: int, history: dict) -> None:
+    def save(self, modules, optimizers, gen: torch.Generator, epoch: int, samples: int, history: dict,
+             best: dict | None = None) -> None:
+        """``best``: {"epoch", "loss", "modules": state dicts} of the best validation epoch so far, or None."""
         if self.dir is None or not self.dist.main:
             return
         state = {"modules": {k: unwrap(m).state_dict() for k, m in modules.items()},
                  "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                  "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}
-        meta = {"key": self.key, "epoch": epoch, "samples": samples, "history": history}
+        meta = {"key": self.key, "epoch": epoch, "samples": samples, "history": history,
+                "identity": self.identity}
+        if best is not None:
+            state["best"] = best["modules"]
+            meta["best"] = {"epoch": best["epoch"], "loss": best["loss"]}
         write_state(self.path, state, meta)
 
-    def resume(self, modules, optimizers, gen: torch.Generator) -> tuple[int, dict, int]:
-        """Load a matching checkpoint into the modules; returns (first epoch to run, history, samples seen)."""
+    def resume(self, modules, optimizers, gen: torch.Generator) -> tuple[int, dict, int, dict | None]:
+        """Load a matching checkpoint into the modules; returns (first epoch to run, history, samples seen, the
+        best epoch's {"epoch", "loss", "modules"} or None)."""
         if self.dir is None:
-            return 0, {}, 0
+            return 0, {}, 0, None
         if self.dist.main:
             remove_stale_temporaries(self.dir)
         if not self.path.exists():
-            return 0, {}, 0
+            return 0, {}, 0, None
         try:
             state, meta = read_state(self.path)
         except CheckpointError as exc:
             raise CheckpointError(f"{self.path}: {exc}; delete it to start afresh") from None
         if meta.get("key") != self.key:
-            return 0, {}, 0  # left by a run on other data or settings: start afresh (it is overwritten)
+            if self.dist.main:  # left by a run on other data or settings: start afresh (it is overwritten)
+                change = describe_change(meta.get("identity"), self.identity)
+                log.warning(f"{self.path} holds another run's training state ({change}): this run starts afresh "
+                            "at epoch 0 and replaces it at its first checkpoint")
+            return 0, {}, 0, None
         for k, m in modules.items():
             unwrap(m).load_state_dict(state["modules"][k])
         for k, o in optimizers.items():
             o.load_state_dict(state["optimizers"][k])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        return int(meta["epoch"]) + 1, meta["history"], int(meta.get("samples", 0))
+        best = None
+        if "best" in state and isinstance(meta.get("best"), dict):
+            best = {"epoch": int(meta["best"]["epoch"]), "loss": float(meta["best"]["loss"]),
+                    "modules": state["best"]}
+        return int(meta["epoch"]) + 1, meta["history"], int(meta.get("samples", 0)), best
 
     def snapshot(self, modules, samples: int, epoch: int, history: dict) -> None:
         if self.dir is None or not self.dist.main:
@@ -127,11 +150,22 @@ def _unflatten(node, tensors: dict):
     raise ValueError(f"unknown checkpoint node {kind!r}")
 
 
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _plain(value):
+    """A setting as JSON can hold it, for the record of what a run was trained with."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
+
+
 def run_key(train: np.ndarray, val: np.ndarray, settings: dict, start: dict | None = None,
             weights: np.ndarray | None = None) -> str:
     """Identifies a training run for its checkpoints: the images, their sampling weights, the settings and the
     starting weights."""
-    import hashlib
     h = hashlib.sha256(np.ascontiguousarray(train).tobytes())
     h.update(np.ascontiguousarray(val).tobytes())
     if weights is not None:
@@ -143,3 +177,36 @@ def run_key(train: np.ndarray, val: np.ndarray, settings: dict, start: dict | No
     return h.hexdigest()
 
 
+def run_identity(train: np.ndarray, val: np.ndarray, settings: dict, start: dict | None = None,
+                 weights: np.ndarray | None = None) -> dict:
+    """What ``run_key`` is made of, part by part (JSON): stored in checkpoints so that a run that finds another
+    run's checkpoint can say what differs (``describe_change``)."""
+    return {"settings": {k: _plain(v) for k, v in sorted(settings.items())},
+            "train": {"images": int(len(train)), "sha256": _digest(train)},
+            "val": {"images": int(len(val)), "sha256": _digest(val)},
+            "weights": None if weights is None else _digest(np.asarray(weights, np.float64)),
+            "start": None if not start else _digest(*(t.detach().cpu().contiguous().numpy()
+                                                      for _, t in sorted(start.items())))}
+
+
+def describe_change(old: dict | None, new: dict | None) -> str:
+    """What differs between the run that wrote a checkpoint and this one, in words."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return "it does not record what it was trained on: written by an earlier cxrad, or by other code"
+    changes = []
+    old_settings, new_settings = old.get("settings") or {}, new.get("settings") or {}
+    for name in sorted(set(old_settings) | set(new_settings)):
+        before, after = old_settings.get(name, "unset"), new_settings.get(name, "unset")
+        if before != after:
+            changes.append(f"setting {name} {before!r} -> {after!r}")
+    for part, what in (("train", "training"), ("val", "held-out validation")):
+        before, after = old.get(part) or {}, new.get(part) or {}
+        if before.get("sha256") != after.get("sha256"):
+            counts = before.get("images"), after.get("images")
+            changes.append(f"the {what} images ({counts[0]} -> {counts[1]})" if counts[0] != counts[1]
+                           else f"the {what} images (as many, {counts[1]}, but not the same)")
+    if old.get("weights") != new.get("weights"):
+        changes.append("the sampling weights")
+    if old.get("start") != new.get("start"):
+        changes.append("the starting weights (--init)")
+    return "it differs in " + "; ".join(changes) if changes else "its key differs"

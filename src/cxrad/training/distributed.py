@@ -62,8 +62,15 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` in DistributedDataParallel when running under torchrun, else itself."""
     if distributed().world == 1:
         return module
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
     ids = [device.index] if device.type == "cuda" else None
+    # each rank keeps its own buffers (BatchNorm statistics of its share) rather than rank 0's at every forward;
+    # torch 2.13 renamed the switch and warns, on every rank, about the old name. Syncing at init (which the new
+    # one still does) changes nothing: every rank builds or resumes the same weights and buffers.
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
     return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 

@@ -3,7 +3,7 @@ Uploads a real X-ray and a corrupt file and checks the verdict, the heatmap and 
 (to the test's tmp dir, and to $CXRAD_SCREENSHOT_DIR when set).
 
 Also a script for the documentation screenshot:
-    python tests/test_app_browser.py --model BUNDLE --image XRAY --out docs/images/app-screenshot.png
+    python tests/frontends/app/test_browser.py --model BUNDLE --image XRAY --out docs/images/app-screenshot.png
 """
 from __future__ import annotations
 

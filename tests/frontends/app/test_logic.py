@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from cxrad.frontends.app import logic
+from cxrad.frontends.heatmaps import unprep_map
 from cxrad.imaging import Preprocessing, read_image
 from cxrad.detectors.thresholds import operating_point
 
@@ -156,9 +157,9 @@ def test_padded_map_is_cropped_back_onto_the_image():
     prep = Preprocessing(size=32, resize="pad")
     amap = np.ones((32, 32), np.float32)
     amap[8:24, :] = 0.0  # a 40x20 (w x h) image padded to 32x32 fills rows 8..23
-    back = logic._unprep(amap, (20, 40), prep)
+    back = unprep_map(amap, (20, 40), prep)
     assert back.shape == (20, 40) and not back.any()
-    stretched = logic._unprep(amap, (20, 40), Preprocessing(size=32, resize="stretch"))
+    stretched = unprep_map(amap, (20, 40), Preprocessing(size=32, resize="stretch"))
     assert stretched.shape == (20, 40) and stretched.max() == 1.0
 
 

@@ -59,6 +59,6 @@ def manifests(tmp_path_factory, sample_manifest):
 def trained(tmp_path_factory, manifests):
     out = tmp_path_factory.mktemp("model") / "m"
     cache = out.parent / "cache"
-    assert main(["train", "--data", str(manifests["train"]), "--out", str(out), "--cache-dir", str(cache),
-                 "--quiet", *TINY]) == EXIT_OK
+    assert main(["train", "--data", str(manifests["train"]), "--detector", "cae", "--out", str(out), "--cache-dir",
+                 str(cache), "--quiet", *TINY]) == EXIT_OK
     return out

@@ -47,7 +47,8 @@ def test_evaluate_with_unreadable_rows_exits_3_and_one_class_is_an_error(cli, tr
     cli.one_line_error(cli("evaluate", "--data", tmp_path / "missing.csv", "--model", trained), "no such file")
 
 
-def test_demo_runs_and_writes_outputs(cli, tmp_path):
+def test_demo_runs_and_writes_outputs(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRAD_CACHE", str(tmp_path / "shared_cache"))  # the demo uses the cache the user set
     code, out, err = cli("demo", "--epochs", "1", "--out", tmp_path / "demo", "--quiet", "--device", "cpu")
     assert code == EXIT_OK, err
     assert "AUROC" in out and "shipped default model" in out
@@ -55,6 +56,7 @@ def test_demo_runs_and_writes_outputs(cli, tmp_path):
     metrics = json.loads((tmp_path / "demo" / "cae_eval" / "metrics.json").read_text())
     assert 0 <= metrics["auroc"] <= 1 and metrics["n_abnormal"] > 0 and metrics["n_normal"] > 0
     assert (tmp_path / "demo" / "default_eval" / "scores.csv").exists()
+    assert list((tmp_path / "shared_cache").rglob("*.npy")) and not (tmp_path / "demo" / "cache").exists()
 
 
 def test_protocol_by_name_and_a_warning_when_the_model_trained_on_the_test_images(cli, shared_data, tmp_path):

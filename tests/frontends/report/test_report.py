@@ -166,3 +166,18 @@ def test_tsne_subsample_keeps_class_proportions(sample_manifest):
     share = ok.loc[idx, "label"].mean()
     assert abs(share - ok["label"].mean()) < 0.05
     assert (_tsne_sample(ok, 10_000, seed=0) == ok.index.to_numpy()).all()
+
+
+def test_a_dae_report_does_not_borrow_the_cae_write_ups_words(tiny_model, sample_manifest, cli_report, tmp_path):
+    """The seed write-up's tables and the CAE's component captions belong to a CAE report only."""
+    from cxrad.data import load_images
+    from cxrad.frontends.report import build_report
+    det, _ = tiny_model("dae")
+    test = sample_manifest[sample_manifest["orig_split"] == "test"]
+    part = pd.concat([test[test["label"] == 0].head(8), test[test["label"] == 1].head(8)])
+    html = build_report(det, load_images(part, det.prep), tmp_path, examples=2, max_tsne=0).html.read_text()
+    html = re.sub(r"data:image/png;base64,[^\"]+", "", html)  # the words, not the pictures
+    assert "seed write-up" not in html and "CAE" not in html and "log-density" not in html
+    assert "box_residual" in html  # its own components' table
+    cae = (cli_report / "report.html").read_text()
+    assert "The seed write-up&#x27;s table" in cae and "log-density below" in cae

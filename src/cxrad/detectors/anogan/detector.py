@@ -15,11 +15,16 @@ import torch
 from cxrad.detectors.anogan.graph import AnoGANGraph, FAnoGANGraph, izif_terms
 from cxrad.detectors.anogan.model import Discriminator, Encoder, Generator, check_size
 from cxrad.detectors.base import TrainedDetector
-from cxrad.training import TrainConfig, fit_epochs, loss_step, resolve_device, run_key, wrap_ddp
+from cxrad.training import TrainConfig, fit_epochs, loss_step, resolve_device, run_identity, run_key, wrap_ddp
 
 OPTIMIZERS = ("adam", "rmsprop")
 #: the settings that define the GAN: an f-AnoGAN given an AnoGAN's checkpoint_dir with these equal reuses its GAN
 GAN_SETTINGS = ("image_size", "resize", "seed", "batch_size", "z_dim", "width", "optimizer", "lr_d", "lr_g")
+
+
+def _beside(path: str | None, part: str) -> str | None:
+    """``losses.csv`` -> ``losses-encoder.csv``: the log of a second training stage, beside the first's."""
+    return None if path is None else str(Path(path).with_name(f"{Path(path).stem}-{part}{Path(path).suffix}"))
 
 
 @dataclass(repr=False, eq=False)
@@ -58,6 +63,9 @@ class _GANDetector(TrainedDetector):
     def check_settings(self):
         super().check_settings()
         check_size(self.image_size)
+        if self.keep != "last" or self.patience is not None:
+            raise ValueError(f"settings keep and patience go by a validation loss, which the {self.kind} GAN does "
+                             "not have: leave them at 'last' and None")
         return self
 
     @property
@@ -80,9 +88,10 @@ class _GANDetector(TrainedDetector):
         cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr_g, optimizer=self.optimizer,
                           betas=betas, seed=self.seed, device=self.device, checkpoint_dir=self._ckpt_dir("gan"),
                           checkpoint_minutes=self.checkpoint_minutes, max_minutes=self.max_minutes,
-                          progress=self.progress, desc="GAN epochs",
+                          progress=self.progress, desc="GAN epochs", log_csv=self.loss_log,
                           # keyed on the GAN's settings only (see GAN_SETTINGS)
-                          key=run_key(train, train[:0], {k: getattr(self, k) for k in GAN_SETTINGS}))
+                          key=run_key(train, train[:0], {k: getattr(self, k) for k in GAN_SETTINGS}),
+                          identity=run_identity(train, train[:0], {k: getattr(self, k) for k in GAN_SETTINGS}))
         Gn, Dn = wrap_ddp(G, device), wrap_ddp(D, device)
         opt_g, opt_d = cfg.make_optimizer(G.parameters(), self.lr_g), cfg.make_optimizer(D.parameters(), self.lr_d)
         bce = torch.nn.BCEWithLogitsLoss(reduction="sum")
@@ -240,7 +249,8 @@ class FAnoGANDetector(_GANDetector):
         En = wrap_ddp(E, device)
         epochs = self.epochs if self.encoder_epochs is None else self.encoder_epochs
         cfg = self.train_config(train, train[:0], "encoder epochs", epochs=epochs, lr=self.lr_e, optimizer="adam",
-                                betas=(0.5, 0.999), seed=self.seed + 1, checkpoint_dir=self._ckpt_dir("encoder"))
+                                betas=(0.5, 0.999), seed=self.seed + 1, checkpoint_dir=self._ckpt_dir("encoder"),
+                                log_csv=_beside(self.loss_log, "encoder"))
         opt = cfg.make_optimizer(E.parameters())
         step = loss_step(En, lambda m, x, target: izif_terms(x * 2 - 1, self.generator_(m(x * 2 - 1)),
                                                               self.discriminator_, self.kappa)[2], opt)

@@ -2,7 +2,7 @@
 draw the heatmap overlay, build the results table.
 
 Everything here is a plain function of bytes, arrays and a fitted detector, so it is tested directly
-(``tests/app/test_logic.py``); ``streamlit_app.py`` only lays the results out.
+(``tests/frontends/app/test_logic.py``); ``streamlit_app.py`` only lays the results out.
 
 Operating points are ``cxrad.detectors.thresholds.operating_point`` (stored, target specificity, or target sensitivity
 on confirmed-abnormal calibration uploads, since a bundle stores normal scores only), shared with the CLI and
@@ -16,19 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from cxrad.detectors.results import score_columns
 from cxrad.data import ImageSet
 from cxrad.errors import ImageReadError
-from cxrad.imaging import Preprocessing, decode_image, resize
+from cxrad.imaging import decode_image, resize
 from cxrad.frontends.app.launch import DEFAULT_MAX_UPLOAD_MB
+# the heatmap drawing is shared with `cxrad score --maps`
+from cxrad.frontends.heatmaps import DISPLAY_SIDE, display_image, map_overlay, normalise_map, overlay  # noqa: F401
 
 
 #: most files scored in one batch: each keeps display images in memory
 MAX_FILES = 100
-#: longest side of the images shown on the page (the model sees its own size)
-DISPLAY_SIDE = 512
 #: what the uploaders accept (Streamlit's filter goes by extension: an extension-less DICOM must be renamed .dcm)
 SUFFIXES = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "dicom", "dic")
 RESEARCH_NOTE = ("Research tool, not a diagnostic device. The verdict is an unsupervised anomaly score "
@@ -75,60 +74,6 @@ def decode_upload(name: str, data: bytes, max_bytes: int) -> np.ndarray:
     return decode_image(data, Path(name).suffix)
 
 
-def display_image(grey: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
-    """uint8 grey image with the original aspect ratio, longest side at most ``side``."""
-    h, w = grey.shape
-    scale = min(1.0, side / max(h, w))
-    img = Image.fromarray(np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if scale < 1.0:
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR, reducing_gap=3.0)
-    return np.asarray(img, dtype=np.uint8)
-
-
-# ---------------------------------------------------------------------------------------- heatmap
-def _unprep(amap: np.ndarray, shape: tuple[int, int], prep: Preprocessing) -> np.ndarray:
-    """Map a model-size map back onto an image of ``shape``: undo the padding, then stretch."""
-    if prep.resize == "pad":
-        h, w = shape
-        s = amap.shape[0]
-        scale = s / max(h, w)
-        ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
-        top, left = (s - ph) // 2, (s - pw) // 2
-        amap = amap[top:top + ph, left:left + pw]
-    img = Image.fromarray(amap.astype(np.float32), mode="F")
-    return np.asarray(img.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
-
-
-def normalise_map(amap: np.ndarray) -> np.ndarray:
-    """Smooth a per-pixel map and scale it to [0, 1] by its own 99th percentile.
-
-    Per-image scaling shows *where* in this image the model disagrees most; how anomalous the image is
-    overall is the score, not the colour. Smoothing (sigma ~ 1.5 % of the side) hides single-pixel noise.
-    """
-    from scipy.ndimage import gaussian_filter
-
-    amap = np.nan_to_num(np.asarray(amap, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    amap = gaussian_filter(amap, sigma=max(0.5, 0.015 * amap.shape[0]))
-    lo, hi = float(amap.min()), float(np.percentile(amap, 99))
-    if hi - lo < 1e-12:
-        return np.zeros_like(amap, dtype=np.float32)
-    return np.clip((amap - lo) / (hi - lo), 0, 1).astype(np.float32)
-
-
-def overlay(grey_u8: np.ndarray, heat01: np.ndarray, cmap: str = "inferno", alpha: float = 0.6) -> np.ndarray:
-    """Colour ``heat01`` (same shape, [0, 1]) with a matplotlib colormap over the grey image; the colour's
-    opacity grows with the value so that unremarkable regions keep showing the radiograph."""
-    import matplotlib
-
-    if grey_u8.shape != heat01.shape:
-        raise ValueError(f"image {grey_u8.shape} and heatmap {heat01.shape} differ in shape")
-    colours = matplotlib.colormaps[cmap](heat01)[..., :3]
-    base = np.repeat(grey_u8[..., None].astype(np.float32) / 255.0, 3, axis=-1)
-    a = (alpha * heat01)[..., None]
-    out = (1 - a) * base + a * colours
-    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
 # ---------------------------------------------------------------------------------------- scoring
 def score_uploads(det, files: list[tuple[str, bytes]], max_bytes: int | None = None) -> list[FileResult]:
     """Score uploaded files with a fitted detector; one FileResult per file, in order.
@@ -166,8 +111,7 @@ def score_uploads(det, files: list[tuple[str, bytes]], max_bytes: int | None = N
         r.components = {c: float(table[c].iloc[j]) for c in det.components}
         r.image = display_image(greys[i])
         if maps is not None:
-            heat = normalise_map(np.asarray(maps[j]))
-            r.heatmap = overlay(r.image, _unprep(heat, r.image.shape, det.prep))
+            r.heatmap = map_overlay(r.image, maps[j], det.prep)
         if recons is not None:
             r.reconstruction = np.clip(np.asarray(recons[j]) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return results

@@ -10,10 +10,10 @@ from cxrad.errors import UserError
 
 def add_parser(sub, argv=None) -> None:
     p = sub.add_parser("app", help="start the screening dashboard (Streamlit) on localhost",
-                       description="Start the screening dashboard on http://127.0.0.1:PORT: upload PNG, JPEG or "
-                       "DICOM chest X-rays and get a verdict, score, percentile among normal images, anomaly "
-                       "heatmap and reconstruction; with --node-state or --node-db, a Worklist page of a screening "
-                       "node's films by score. A research tool, not a diagnostic device.")
+                       description="Start the screening dashboard on http://127.0.0.1:PORT: upload PNG, JPEG, "
+                       "TIFF, BMP or DICOM chest X-rays and get a verdict, score, percentile among normal images, "
+                       "anomaly heatmap and reconstruction; with --node-state or --node-db, a Worklist page of a "
+                       "screening node's films by score. A research tool, not a diagnostic device.")
     p.set_defaults(_subparser=p, func=run)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help="model bundle folder or shipped model name preselected in the "
@@ -39,6 +39,10 @@ def run(args) -> int:
         raise UserError(f"--max-upload-mb must be between 1 and 1024, not {args.max_upload_mb}")
     if args.model is not None:
         from cxrad.bundles import resolve
+        from cxrad.serving.onnx_export import is_export
+        if is_export(args.model) or str(args.model).lower().endswith(".onnx"):
+            raise UserError(f"{args.model} is an ONNX export, not a model bundle: the dashboard needs the bundle "
+                            "it was exported from (its heatmaps and reconstructions come from the model)")
         resolve(args.model)  # a wrong path fails here with a clear message, not later in the browser
     node_db = args.node_db
     if args.node_state is not None:
@@ -46,4 +50,20 @@ def run(args) -> int:
         if not (Path(args.node_state) / "node.db").is_file():
             raise UserError(f"--node-state {args.node_state}: no node.db in it (the folder of cxrad serve --state)")
         node_db = str(Path(args.node_state).resolve())
+    if port_in_use(args.port):
+        raise UserError(f"port {args.port} on 127.0.0.1 is already in use (another `cxrad app`, or another "
+                        "program); choose a free one with --port")
     return serve(args.port, args.max_upload_mb, args.model, node_db)
+
+
+def port_in_use(port: int) -> bool:
+    """Whether 127.0.0.1:PORT cannot be listened on, checked before Streamlit starts (which would print its
+    URL first, then fail)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Streamlit's server: TIME_WAIT is free
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False

@@ -1,6 +1,7 @@
 """``cxrad demo``: the main job on bundled defaults, in about a minute on two CPU cores."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def add_parser(sub, argv=None) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--epochs", type=int, default=25, help="epochs of the seed CAE on the bundled images (25)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--cache-dir", default=None, help="preprocessing cache (default: $CXRAD_CACHE, or OUT/cache)")
 
 
 def run(args) -> int:
@@ -31,7 +33,7 @@ def run(args) -> int:
     df, _ = deduplicate(bundled_samples())
     train_df = df[(df["orig_split"] == "train") & (df["label"] == 0)]
     test_df = df[df["orig_split"] == "test"]
-    cache = out / "cache"
+    cache = Path(args.cache_dir or os.environ.get("CXRAD_CACHE") or out / "cache")
 
     print(f"[1/3] training the seed CAE ({args.epochs} epochs) on {len(train_df)} bundled normal images", flush=True)
     det = CAEDetector(epochs=args.epochs, device=args.device, progress=not args.quiet, cache_dir=str(cache))

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from cxrad.errors import UserError
 from cxrad.frontends.cli.common import (EXIT_OK, EXIT_SOME_FAILED, add_common, add_model_flags, apply_operating_point,
-                                        cache_dir, open_manifest)
+                                        cache_dir, load_model, open_manifest, require_classes)
 
 
 def add_parser(sub, argv=None) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model on a labelled dataset",
-                       description="Score a labelled dataset and report AUROC (bootstrap 95% CI), AUPRC, "
+                       description="Score a labelled dataset (with a model bundle, a shipped model or an ONNX "
+                       "export) and report AUROC (bootstrap 95% CI), AUPRC, "
                        "sensitivity, specificity, precision, F1, accuracy and the confusion matrix at the "
                        "model's threshold, per source and per finding, and the per-class component means.")
     add_common(p)
@@ -24,13 +25,16 @@ def add_parser(sub, argv=None) -> None:
 
 def run(args) -> int:
     from cxrad.evaluation import evaluate_model, format_metrics
-    from cxrad.detectors import load_detector
 
     if not args.data and not args.protocol:
-        raise UserError("give --data (a labelled dataset) or --protocol NAME")
-    det = load_detector(args.model, args.device)
+        raise UserError("give --data (a labelled dataset), --protocol NAME, or 'data:' in --config")
+    det = load_model(args, exports=True)
     apply_operating_point(det, args)
-    data = protocol_test(args) if args.protocol else open_manifest(args)
+    if args.protocol:
+        data = protocol_test(args)
+    else:
+        data = open_manifest(args)
+        require_classes(data, args, "(evaluation needs both normal and abnormal images)", abnormal=True)
     result = evaluate_model(det, data, Path(args.out) if args.out else None, cache_dir(args), not args.quiet)
     print(format_metrics(result))
     return EXIT_SOME_FAILED if result["n_errors"] else EXIT_OK

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from cxrad.frontends.cli.common import EXIT_OK
+from cxrad.frontends.cli.common import EXIT_OK, load_model
 
 
 def add_parser(sub, argv=None) -> None:
@@ -29,9 +29,9 @@ def run(args) -> int:
     import importlib.util
 
     from cxrad.serving.onnx_export import DEFAULT_OPSET, export_onnx, verify_export
-    from cxrad.detectors import load_detector
 
-    det = load_detector(args.model, "cpu")
+    args.device = "cpu"
+    det = load_model(args)
     onnx_path, sidecar = export_onnx(det, args.out, opset=args.opset or DEFAULT_OPSET)
     note = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
     note(f"wrote {onnx_path} and {sidecar}")

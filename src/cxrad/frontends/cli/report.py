@@ -7,7 +7,8 @@ from pathlib import Path
 
 from cxrad.errors import UserError
 from cxrad.frontends.cli.common import (EXIT_OK, EXIT_SOME_FAILED, add_common, add_operating_point_flags,
-                                        apply_operating_point, cache_dir, open_manifest)
+                                        apply_operating_point, cache_dir, load_model, open_manifest,
+                                        require_classes)
 
 
 def add_parser(sub, argv=None) -> None:
@@ -34,16 +35,17 @@ def add_parser(sub, argv=None) -> None:
 
 def run(args) -> int:
     from cxrad.evaluation import format_metrics
-    from cxrad.detectors import load_detector
     from cxrad.frontends.report import build_report
 
     if not args.data:
         raise UserError("--data is required (a labelled dataset with normal and abnormal images)")
     if args.examples < 1:
         raise UserError("--examples must be at least 1")
-    det = load_detector(args.model, args.device)
+    det = load_model(args)
     apply_operating_point(det, args)
-    rep = build_report(det, open_manifest(args), Path(args.out), examples=args.examples, max_tsne=args.max_tsne,
+    df = open_manifest(args)
+    require_classes(df, args, "(a report needs both normal and abnormal images)", abnormal=True)
+    rep = build_report(det, df, Path(args.out), examples=args.examples, max_tsne=args.max_tsne,
                        seed=args.seed, cache_dir=cache_dir(args), progress=not args.quiet, title=args.title,
                        command=command_line(args))
     print(format_metrics({**rep.metrics, "tables": {}}))

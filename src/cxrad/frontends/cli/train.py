@@ -5,11 +5,14 @@ import sys
 from pathlib import Path
 
 from cxrad.errors import CxradError, UserError
-from cxrad.frontends.cli.common import EXIT_OK, add_common, cache_dir, check_settings, model_params, open_manifest
+from cxrad.frontends.cli.common import (EXIT_OK, add_common, cache_dir, check_settings, load_model,
+                                        model_params, open_manifest, require_classes)
 
 #: flags that set a detector setting of the same name only when given (the detector's default wins otherwise)
 SETTING_FLAGS = ("epochs", "image_size", "resize", "seed", "val_fraction", "specificity", "batch_size",
-                 "max_minutes", "checkpoint_minutes")
+                 "max_minutes", "checkpoint_minutes", "keep", "patience")
+#: the CSV of every epoch's losses, in the output folder
+LOSS_LOG = "losses.csv"
 
 
 def add_parser(sub, argv: list[str]) -> None:
@@ -17,15 +20,21 @@ def add_parser(sub, argv: list[str]) -> None:
                        description="Train a detector on normal images (abnormal rows are ignored), hold out a "
                        "patient-level normal validation part, set thresholds, and save a model bundle. "
                        "Training checkpoints go to OUT/checkpoint every few minutes: a killed or time-boxed run "
-                       "(--max-minutes) continues when the same command is run again.",
+                       "(--max-minutes) continues when the same command is run again (a run with other settings or "
+                       "data starts afresh, and says what differs). Every epoch's losses go to OUT/losses.csv.",
                        epilog=_settings_epilog(argv))
     add_common(p)
-    p.add_argument("--detector", default=None, help="which detector (default cae, or the --init model's); "
-                   "`cxrad detectors` lists them with their settings")
+    p.add_argument("--detector", default=None, help="which detector (default: the kind of the shipped default "
+                   "model, dae; or the --init model's); `cxrad detectors` lists them with their settings")
     p.add_argument("--out", default="runs/model", help="folder for the model bundle (default runs/model)")
     p.add_argument("--init", metavar="MODEL", help="fine-tune: start from this bundle's weights (a folder or a "
                    "shipped model name) and train on --data")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the detector's own)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the detector's own, e.g. the DAE's 100; "
+                   "training starts by printing an estimate of how long the run will take)")
+    p.add_argument("--keep", choices=["last", "best"], help="the model keeps the last epoch's weights (default) or "
+                   "the best epoch's, by the loss on the held-out normal validation images")
+    p.add_argument("--patience", type=int, metavar="N", help="early stopping: stop when the held-out normal "
+                   "images' loss has not improved for N epochs")
     p.add_argument("--max-minutes", type=float, help="stop at the first epoch end after M minutes and save the "
                    "model so far; the same command continues the run")
     p.add_argument("--checkpoint-minutes", type=float, help="minutes between checkpoints (default 5)")
@@ -69,7 +78,6 @@ def _settings_epilog(argv: list[str]) -> str | None:
 def run(args) -> int:
     from cxrad.data import load_images
     from cxrad.detectors import detector_class
-    from cxrad.detectors import load_detector
     from cxrad.training import distributed
 
     if not args.data:
@@ -80,6 +88,8 @@ def run(args) -> int:
         raise UserError("--threshold fixed needs --threshold-value")
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.patience is not None and args.patience < 1:
+        raise UserError(f"--patience must be at least 1 epoch, got {args.patience}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the model bundle")
@@ -88,7 +98,7 @@ def run(args) -> int:
     params = {**model_params(args), **given}
     runtime = {"device": args.device, "progress": not args.quiet, "cache_dir": cache_dir(args)}
     if args.init:
-        det = load_detector(args.init, args.device)
+        det = load_model(args, model=args.init)
         if args.detector and args.detector != det.kind:
             raise UserError(f"--init {args.init} is a {det.kind} model, not a {args.detector} one")
         if not getattr(det, "supports_warm_start", False):
@@ -97,24 +107,27 @@ def run(args) -> int:
             if fixed in params and params[fixed] != getattr(det, fixed):
                 raise UserError(f"--init keeps the model's {fixed} ({getattr(det, fixed)}); it cannot be changed")
         check_settings(type(det), params)
-        det.set_params(**params, **runtime, warm_start=True, checkpoint_dir=str(out / "checkpoint"))
+        det.set_params(**params, **runtime, warm_start=True, checkpoint_dir=str(out / "checkpoint"),
+                       **_loss_log(type(det), out))
     else:
-        cls = detector_class(args.detector or "cae")
+        cls = detector_class(args.detector or default_kind())
         check_settings(cls, params)
         if "checkpoint_dir" in {s["name"] for s in cls.settings()}:
             runtime["checkpoint_dir"] = str(out / "checkpoint")
-        det = cls(**params, **runtime)
+        det = cls(**params, **runtime, **_loss_log(cls, out))
+    det.check_settings()  # a wrong type or value (--param epochs=abc) stops here, before any image is read
 
     df = open_manifest(args)
+    require_classes(df, args, "to train on (detectors learn from normal images only)")
     normals = df[df["label"] == 0]
-    if normals.empty:
-        raise UserError(f"{args.data}: no normal images to train on (detectors learn from normal images only)")
     images = load_images(normals, det.prep, cache_dir=det.cache_dir, progress=not args.quiet)
     if len(images.errors):
         print(f"skipped {len(images.errors)} unreadable training file(s); see {out / 'errors.csv'}", file=sys.stderr)
     dist = distributed()  # under torchrun: join the process group; every rank trains, rank 0 writes
     if dist.main:
-        print(f"{'fine-tuning' if args.init else 'training'} {det.kind} on {len(images)} normal images"
+        epochs = f" for {det.epochs} epoch{'s' if det.epochs != 1 else ''}" + \
+            ("" if "epochs" in params else " (its default; --epochs sets it)") if hasattr(det, "epochs") else ""
+        print(f"{'fine-tuning' if args.init else 'training'} {det.kind} on {len(images)} normal images{epochs}"
               + (f" with {dist.world} processes" if dist.world > 1 else ""), file=sys.stderr)
     if dist.rank:
         det.set_params(progress=False)
@@ -135,6 +148,10 @@ def run(args) -> int:
         _drop_checkpoints(out / "checkpoint")
     print(f"saved {det.kind} model to {out} (trained on {det.n_train_}, validated on {det.n_val_} normal images; "
           f"threshold {det.threshold_rule_} = {det.threshold_:.4g})")
+    _say_confidence(det)
+    if getattr(det, "kept_", "last") == "best":
+        print(f"the model holds the weights of epoch {det.best_epoch_}, the lowest loss on the held-out normal images",
+              file=sys.stderr)
     if not finished:
         print(f"stopped by --max-minutes after epoch {det.epochs_done_} of {det.epochs}: the bundle holds the model "
               "so far; run the same command again to continue", file=sys.stderr)
@@ -164,11 +181,34 @@ def unlabelled_images(data: str, det, out: Path):
     return pool
 
 
+def default_kind() -> str:
+    """The detector kind of the shipped default model (what `cxrad score` uses), or the seed CAE if none ships."""
+    from cxrad.bundles import default_name, read_meta, resolve
+    name = default_name()
+    return read_meta(resolve(name))["kind"] if name else "cae"
+
+
+def _loss_log(cls, out: Path) -> dict:
+    return {"loss_log": str(out / LOSS_LOG)} if "loss_log" in {s["name"] for s in cls.settings()} else {}
+
+
+def _say_confidence(det) -> None:
+    """The active threshold's confidence interval, and a warning when too few held-out normals carry it."""
+    from cxrad.detectors.thresholds import threshold_confidence
+    confidence = threshold_confidence(det.normal_scores_, det.threshold_)
+    print(f"threshold {det.threshold_rule_}: {confidence.describe()}", file=sys.stderr)
+    if confidence.warning():
+        print(f"warning: {confidence.warning()}", file=sys.stderr)
+
+
 def _calibrate(det, args, train_images) -> None:
     from cxrad.detectors.thresholds import operating_point
     if args.calibration_data:
         from cxrad.data import load_images
         cal_df = open_manifest(args, data=args.calibration_data, split=args.calibration_split or "")
+        if args.threshold not in ("quantile", "fixed"):
+            require_classes(cal_df, args, f"(the {args.threshold} threshold needs both)", data=args.calibration_data,
+                            abnormal=True)
         overlap = set(cal_df["sha256"]) & set(train_images.frame.get("sha256", []))
         if overlap:
             print(f"warning: {len(overlap)} calibration image(s) are also training images; thresholds set on "

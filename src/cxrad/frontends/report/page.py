@@ -43,20 +43,26 @@ CAPTIONS = {
     "examples_abnormal_most": "Abnormal images the detector found most anomalous.",
     "examples_abnormal_least": "Abnormal images the detector found least anomalous (missed-finding candidates).",
     "score_densities": "Score densities per class (histogram and Gaussian KDE) with every stored threshold; the "
-                       "active one is the solid black line. Component panels show the component thresholds each "
-                       "score threshold implies (for the CAE: reconstruction error above, log-density below).",
+                       "active one is the solid black line. Component panels show each score component's "
+                       "densities.",
     "roc_pr": "ROC and precision-recall curves; markers are the operating points of the stored thresholds "
               "(star: active).",
-    "tsne": "t-SNE map of the detector's features (e.g. CAE latents), coloured by class; marker shape by source.",
+    "tsne": "t-SNE map of the detector's features, coloured by class; marker shape by source.",
     "confusion_matrix": "Verdicts at the active threshold against the true class.",
+}
+#: what the captions and table notes add for the seed CAE, whose write-up these figures and tables follow
+CAE_CAPTIONS = {
+    "score_densities": " Their lines are the component thresholds each score threshold implies (reconstruction "
+                       "error above, log-density below).",
+    "tsne": " The features are the CAE's latent vectors.",
 }
 TABLE_TITLES = {
     "recall_auroc": ("Recall and AUROC at every stored threshold",
-                     "The seed write-up's table: recall (sensitivity) at each threshold, with the AUROC and its "
-                     "bootstrap 95% CI."),
+                     "Recall (sensitivity), specificity, precision and F1 at each stored threshold, with the AUROC "
+                     "and its bootstrap 95% CI."),
     "class_means": ("Mean score components per class",
-                    "The seed write-up's table: mean (and sd) reconstruction error and latent KDE log-density "
-                    "(or the detector's own components) for normal and abnormal images."),
+                    "Mean (and sd) of the score and of each of the detector's score components for normal and "
+                    "abnormal images."),
     "by_source": ("Per source", "Each source's abnormal images against all normal images."),
     "by_finding": ("Per finding", "Each finding's images against all normal images."),
 }
@@ -81,11 +87,28 @@ def table_html(df: pd.DataFrame) -> str:
     return body.to_html(index=False, classes="data", border=0, escape=True)
 
 
-def _figure(name: str, figures: dict, css: str = "") -> str:
+def captions(det) -> dict[str, str]:
+    """Each figure's caption, with what is particular to the detector (only the seed CAE's are the write-up's)."""
+    extra = CAE_CAPTIONS if det.kind == "cae" else {}
+    return {name: text + extra.get(name, "") for name, text in CAPTIONS.items()}
+
+
+def table_titles(det) -> dict[str, tuple[str, str]]:
+    """Each table's heading and note; the seed CAE's two tables are its write-up's and say so."""
+    titles = dict(TABLE_TITLES)
+    if det.kind == "cae":
+        titles["recall_auroc"] = (titles["recall_auroc"][0], "The seed write-up's table: " + titles["recall_auroc"][1])
+        titles["class_means"] = (titles["class_means"][0], "The seed write-up's table: mean (and sd) reconstruction "
+                                 "error and latent KDE log-density for normal and abnormal images.")
+    return titles
+
+
+def _figure(name: str, figures: dict, css: str = "", caption: str = "") -> str:
     if name not in figures:
         return ""
     return (f'<figure id="fig-{name}" class="{css}"><img alt="{name}" src="{data_uri(figures[name])}">'
-            f"<figcaption>{_html.escape(CAPTIONS.get(name, ''))} <code>{name}.png</code></figcaption></figure>")
+            f"<figcaption>{_html.escape(caption or CAPTIONS.get(name, ''))} <code>{name}.png</code></figcaption>"
+            "</figure>")
 
 
 def _card(value: str, label: str) -> str:
@@ -128,22 +151,26 @@ def render(det, result: dict, tables: dict, figures: dict, notes: list[str], n_e
     if result.get("components"):
         parts.append("<p>Component AUROC: " + ", ".join(f"{e(k)} {v:.3f}" for k, v in result["components"].items())
                      + "</p>")
-    parts += ["<h2>Training</h2>", _figure("loss_curves", figures)]
+    texts, titles = captions(det), table_titles(det)
+
+    def figure(name: str, css: str = "") -> str:
+        return _figure(name, figures, css, texts.get(name, ""))
+    parts += ["<h2>Training</h2>", figure("loss_curves")]
     parts += [f"<h2>Examples</h2><p>The {n_examples} most and least anomalous normal and abnormal images: input, "
               "reconstruction and residual heatmap (or the anomaly map for detectors that do not reconstruct), "
               "heatmaps on one common scale.</p>", '<div class="grid">']
-    parts += [_figure(f"examples_{c}_{end}", figures) for c in ("normal", "abnormal") for end in ("most", "least")]
-    parts += ["</div>", "<h2>Scores and thresholds</h2>", _figure("score_densities", figures),
-              _figure("roc_pr", figures), "<h2>Features</h2>", _figure("tsne", figures),
-              "<h2>Verdicts</h2>", _figure("confusion_matrix", figures, "narrow"), '<div class="tables">']
+    parts += [figure(f"examples_{c}_{end}") for c in ("normal", "abnormal") for end in ("most", "least")]
+    parts += ["</div>", "<h2>Scores and thresholds</h2>", figure("score_densities"),
+              figure("roc_pr"), "<h2>Features</h2>", figure("tsne"),
+              "<h2>Verdicts</h2>", figure("confusion_matrix", "narrow"), '<div class="tables">']
     for name in ("recall_auroc", "class_means"):
         if name in tables and len(tables[name]):
-            head, text = TABLE_TITLES[name]
+            head, text = titles[name]
             parts += [f'<h3 id="table-{name}">{e(head)}</h3><p class="sub">{e(text)}</p>', table_html(tables[name])]
     parts.append('</div><h2>Breakdown</h2><div class="tables">')
     for name in ("by_source", "by_finding"):
         if name in tables and len(tables[name]):
-            head, text = TABLE_TITLES[name]
+            head, text = titles[name]
             parts += [f'<h3 id="table-{name}">{e(head)}</h3><p class="sub">{e(text)}</p>', table_html(tables[name])]
     parts.append("</div>")
     if notes:
