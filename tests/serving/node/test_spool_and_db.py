@@ -1,7 +1,7 @@
 """The spool (durable queue) and the results database: durability and replay order, a full spool that writes
 nothing, schema migrations, results idempotent by SOP Instance UID, the worklist's filters and paging, and the
 delivery states that keep a report from going twice. The database tests run on SQLite and, where Debian's
-PostgreSQL is installed, on a real PostgreSQL server that the test starts (tests/serving/node/postgres.py)."""
+PostgreSQL is installed, on a real PostgreSQL server that the test starts (tests/postgres.py)."""
 from __future__ import annotations
 
 import os

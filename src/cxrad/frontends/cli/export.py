@@ -1,4 +1,4 @@
-"""``cxrad export``: write a trained model as ONNX plus a JSON sidecar, to score without cxrad or torch."""
+"""``cxrad export``: write a trained model as ONNX plus a JSON sidecar, to score without torch (numpy and onnxruntime)."""
 from __future__ import annotations
 
 import sys
