@@ -72,3 +72,27 @@ def test_sub_datasets_flattened_into_one_give_a_warning(tmp_path, shared_data):
                                           r"nih_cxr14_talo/\)"):
         df = open_dataset(tmp_path / "data", kind="folder")
     assert len(df) == 8
+
+
+def test_a_file_name_that_is_not_utf8_trains_with_the_rest(tmp_path, shared_data):
+    """A training folder with a name that is not valid UTF-8 (kept as surrogates, which no Arrow string holds) is
+    read, deduplicated, split by patient and decoded like any other; the other names keep their exact split."""
+    import os
+
+    from cxrad.data import deduplicate, hold_out_normals, load_images, split_by_patient
+    from cxrad.imaging import Preprocessing
+    files = sorted((shared_data / "kermany224" / "train" / "NORMAL").glob("*.jpeg"))[:12]
+    _copy(files[:11], tmp_path / "site")
+    odd = os.fsdecode(b"odd-\xff-film.jpeg")
+    shutil.copy(files[11], tmp_path / "site" / odd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        df, _ = deduplicate(from_folder(tmp_path / "site"))
+    assert len(df) == 12 and any("\udcff" in p for p in df["path"])
+    parts = split_by_patient(df, {"train": 0.75, "val": 0.25}, seed=0)
+    assert set(parts) == {"train", "val"} and len(parts) == 12
+    plain = df[~df["path"].str.contains("\udcff", regex=False)]
+    assert (split_by_patient(plain, {"train": 0.75, "val": 0.25}, seed=0).tolist() ==
+            split_by_patient(plain.astype({"patient_id": object}), {"train": 0.75, "val": 0.25}, seed=0).tolist())
+    train, val = hold_out_normals(load_images(df, Preprocessing(32)), 0.25, 0)
+    assert len(train) + len(val) == 12 and not len(train.errors)

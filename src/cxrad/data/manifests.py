@@ -48,15 +48,19 @@ def _finish(df: pd.DataFrame, source: str) -> pd.DataFrame:
     for col, default in [("finding", ""), ("patient_id", None), ("source", source), ("orig_split", "")]:
         if col not in df:
             df[col] = default
-    df["patient_id"] = df["patient_id"].where(df["patient_id"].notna() & (df["patient_id"].astype(str) != ""),
-                                              df["path"].map(lambda p: Path(str(p)).stem))
-    df["patient_id"] = df["patient_id"].astype(str)
-    df["finding"] = df["finding"].fillna("").astype(str)
+    df["patient_id"] = pd.Series([Path(str(p)).stem if pd.isna(v) or str(v) == "" else str(v)
+                                  for v, p in zip(df["patient_id"], df["path"])], index=df.index, dtype=object)
+    df["finding"] = _text(df["finding"].fillna(""))
     df.loc[df["finding"].str.lower() == "no finding", "finding"] = "No finding"  # NIH writes "No Finding"
-    df["orig_split"] = df["orig_split"].fillna("").astype(str)
-    df["source"] = df["source"].fillna(source).astype(str)
+    df["orig_split"] = _text(df["orig_split"].fillna(""))
+    df["source"] = _text(df["source"].fillna(source))
     df["label"] = df["label"].astype(int)
     return df[MANIFEST_COLUMNS + [c for c in df.columns if c not in MANIFEST_COLUMNS]].reset_index(drop=True)
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Text as an object column: names that are not UTF-8 (kept as surrogates) cannot go into Arrow strings."""
+    return pd.Series([str(v) for v in values], index=values.index, dtype=object)
 
 
 def label_word(text) -> str:
@@ -129,7 +133,10 @@ def from_folder(root, normal: tuple[str, ...] | None = None, abnormal: tuple[str
                       "(--normal . takes them as normal)", DataWarning, stacklevel=2)
     if not rows:
         return _empty_manifest()
-    return _finish(pd.DataFrame(rows), source or root.name)
+    # object columns: a file name that is not UTF-8 (kept as surrogates) cannot go into an Arrow string column
+    frame = pd.DataFrame({k: pd.Series([r[k] for r in rows], dtype=int if k == "label" else object)
+                          for k in rows[0]})
+    return _finish(frame, source or root.name)
 
 
 def class_folders(root) -> list[str]:

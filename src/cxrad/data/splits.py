@@ -55,7 +55,13 @@ def patient_groups(df: pd.DataFrame) -> pd.Series:
     """Grouping key: a patient id is only unique within its source and publisher split."""
     def col(name):  # a user's own manifest may lack source / orig_split
         return df[name].astype(str) if name in df else pd.Series("", index=df.index)
-    return col("source") + "|" + col("orig_split") + "|" + col("patient_id")
+    try:
+        return col("source") + "|" + col("orig_split") + "|" + col("patient_id")
+    except UnicodeEncodeError:  # a patient id from a file name that is not UTF-8: no Arrow string holds it
+        def text(name):
+            return [str(v) for v in df[name]] if name in df else [""] * len(df)
+        return pd.Series([f"{a}|{b}|{c}" for a, b, c in zip(text("source"), text("orig_split"), text("patient_id"))],
+                         index=df.index, dtype=object)
 
 
 def split_by_patient(df: pd.DataFrame, fractions: dict[str, float], seed: int = 0) -> pd.Series:
@@ -67,10 +73,11 @@ def split_by_patient(df: pd.DataFrame, fractions: dict[str, float], seed: int = 
         raise ValueError(f"split fractions must sum to 1, got {fractions}")
     groups = patient_groups(df)
     sizes = groups.value_counts()
-    order = np.random.default_rng(seed).permutation(sizes.index.to_numpy())
-    cum = np.cumsum(sizes.loc[order].to_numpy()) / len(df)
+    shuffled = np.random.default_rng(seed).permutation(len(sizes))  # by position: no label lookup of odd names
+    order, counts = sizes.index.to_numpy()[shuffled], sizes.to_numpy()[shuffled]
+    cum = np.cumsum(counts) / len(df)
     bounds = np.cumsum(list(fractions.values()))
     names = list(fractions)
     part_of = {g: names[min(int(np.searchsorted(bounds, c - 1e-9, side="left")), len(names) - 1)]
-               for g, c in zip(order, cum - sizes.loc[order].to_numpy() / len(df) / 2)}
-    return groups.map(part_of).rename("part")
+               for g, c in zip(order, cum - counts / len(df) / 2)}
+    return pd.Series([part_of[g] for g in groups], index=groups.index, name="part")
