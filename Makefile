@@ -38,10 +38,10 @@ services:
 	  else echo "orthanc or postgresql is missing and installing them needs root: their tests will be skipped"; fi; }
 
 test: $(STAMP) browsers services
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not browser and not slow"
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider -m "not browser and not slow"
 
 # The documentation site with the API reference; --strict fails on a broken link or reference.
 docs: $(STAMP)

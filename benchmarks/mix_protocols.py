@@ -37,6 +37,7 @@ def write_table(out: Path) -> str:
              "Image AUROC, mean ± sd over seeds (n in brackets). Fit on a shipped models' pool (the mix of "
              "kermany224 train normals + nih train normals, or an adult-first pool; no TB image), or a bundle scored "
              "as it is; every test split is disjoint from the pools. nih14 AP / PA: its AP-only and PA-only films. "
+             "A dash: not measured (rows made before the protocol existed). "
              "Commands below.", "",
              "| tag | " + " | ".join(PROTOCOLS) + " | nih14 AP | nih14 PA | mean | fit (s) |",
              "|---|" + "---|" * (len(PROTOCOLS) + 4)]
@@ -44,10 +45,12 @@ def write_table(out: Path) -> str:
         mine = [r for r in rows if r["tag"] == tag]
         cells = []
         for p in (*PROTOCOLS, "nih14_AP", "nih14_PA"):
-            v = np.array([r.get(p, np.nan) for r in mine])
-            cells.append(f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "") + f" ({len(v)})")
-        mean = np.mean([np.mean([r.get(p, np.nan) for p in PROTOCOLS]) for r in mine])
-        lines.append(f"| {tag} | " + " | ".join(cells) + f" | {mean:.3f} | {np.mean([r['fit_s'] for r in mine]):.0f} |")
+            v = np.array([r[p] for r in mine if r.get(p) is not None])
+            cells.append("—" if not len(v) else
+                         f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "") + f" ({len(v)})")
+        complete = [r for r in mine if all(r.get(p) is not None for p in PROTOCOLS)]
+        mean = f"{np.mean([np.mean([r[p] for p in PROTOCOLS]) for r in complete]):.3f}" if complete else "—"
+        lines.append(f"| {tag} | " + " | ".join(cells) + f" | {mean} | {np.mean([r['fit_s'] for r in mine]):.0f} |")
     lines += ["", "Commands:", ""] + [f"- `{c}`" for c in dict.fromkeys(r["command"] for r in rows)]
     text = "\n".join(lines) + "\n"
     (out / "mix_protocols.md").write_text(text)
