@@ -11,9 +11,7 @@ used), the other is scored. Rows: the model as shipped on that half, and the ada
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from cxrad.data import load_images
 from cxrad.data.protocols import PROTOCOLS, load_protocol, split_halves
 from cxrad.detectors import AdaptedDetector
 from cxrad.evaluation.metrics import evaluate
+from common import mean_sd, read_rows, run_resumable  # benchmarks/common.py
 
 HERE = Path(__file__).resolve().parent
 SCORES = ("discrepancy", "site_residual", "base_residual")
@@ -49,23 +48,19 @@ def run(args, protocol: str, seed: int, trim: float) -> dict | None:
 
 
 def write_table(out: Path) -> str:
-    rows = [json.loads(line) for line in (out / "adapt.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rows(out / "adapt.jsonl")
     lines = ["# Adapting the default model to a site with its unlabelled films", "",
              "Each protocol's test split plays the site: half its patients are the unlabelled backlog "
              "(`cxrad adapt --unlabelled`), the other half is scored. Image AUROC on that half, mean ± sd over "
              "seeds (n). `as shipped` is the base model's own score (the same for every seed).", "",
              "| protocol | backlog (abnormal share) | trim | as shipped | adapted: discrepancy | adapted: own residual |"
              " epochs | fit (s) |", "|---|---|---|---|---|---|---|---|"]
-
-    def cell(values):
-        v = np.asarray(values, float)
-        return f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "") + f" ({len(v)})"
     for protocol in PROTOCOLS:
         for trim in sorted({r["trim"] for r in rows if r["protocol"] == protocol}):
             mine = [r for r in rows if r["protocol"] == protocol and r["trim"] == trim]
             lines.append(f"| {protocol} | {mine[0]['n_backlog']} ({100 * mine[0]['backlog_abnormal']:.0f}%) | {trim:g} | "
-                         f"{mine[0]['base_residual']:.3f} | {cell([r['discrepancy'] for r in mine])} | "
-                         f"{cell([r['site_residual'] for r in mine])} | {mine[0]['epochs']} | "
+                         f"{mine[0]['base_residual']:.3f} | {mean_sd([r['discrepancy'] for r in mine])} | "
+                         f"{mean_sd([r['site_residual'] for r in mine])} | {mine[0]['epochs']} | "
                          f"{np.mean([r['fit_s'] for r in mine]):.0f} |")
     lines += ["", f"Machine: {rows[0]['machine']}." if rows else ""]
     text = "\n".join(lines) + "\n"
@@ -93,20 +88,9 @@ def main() -> None:
     if not args.table_only:
         if args.threads:
             torch.set_num_threads(args.threads)
-        log = out / "adapt.jsonl"
-        done = {(r["protocol"], r["seed"], r["trim"]) for r in map(json.loads, log.read_text().splitlines())} \
-            if log.exists() else set()
-        for seed in args.seeds:
-            for trim in args.trims:
-                for protocol in args.protocols:
-                    if (protocol, seed, trim) in done:
-                        continue
-                    row = run(args, protocol, seed, trim)
-                    if row is None:
-                        sys.exit(75)
-                    with log.open("a") as fh:
-                        fh.write(json.dumps(row) + "\n")
-                    print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        jobs = [(protocol, seed, trim) for seed in args.seeds for trim in args.trims for protocol in args.protocols]
+        run_resumable(out / "adapt.jsonl", jobs, lambda r: (r["protocol"], r["seed"], r["trim"]),
+                      lambda protocol, seed, trim: run(args, protocol, seed, trim))
     print(write_table(out))
 
 

@@ -16,10 +16,8 @@ OUT/ddad.jsonl (skipped when run again; killed runs resume from --run-root's che
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from cxrad.data import load_images
 from cxrad.data.protocols import POOLED, pooled_protocol
 from cxrad.detectors import DDADDetector
 from cxrad.evaluation.metrics import evaluate
+from common import mean_sd, read_rows, run_resumable  # benchmarks/common.py
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {"ddad": {"normative": 3, "unknown": 3, "score_from": "inter"},
@@ -62,7 +61,7 @@ def run(args, protocol: str, variant: str, seed: int) -> dict | None:
 
 
 def write_table(out: Path) -> str:
-    rows = [json.loads(line) for line in (out / "ddad.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rows(out / "ddad.jsonl")
     lines = ["# DDAD and the normal-only ensemble at the same compute", "",
              "Image AUROC on each protocol's test split, mean ± sd over seeds (n in brackets). `ddad`: 3 AE-U "
              "networks on the training normals + 3 on the normals and the unlabelled pool, scored by their "
@@ -71,10 +70,6 @@ def write_table(out: Path) -> str:
              "`cxrad.data.protocols.pooled_protocol` (no test patient in any pool).", "",
              "| protocol | pool (abnormal share) | variant | score | inter | intra | rec | samples/network | machine |",
              "|---|---|---|---|---|---|---|---|---|"]
-
-    def cell(values):
-        v = np.asarray(values, float)
-        return f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "") + f" ({len(v)})"
     for protocol in POOLED:
         for variant in VARIANTS:
             mine = [r for r in rows if r["protocol"] == protocol and r["variant"] == variant]
@@ -82,7 +77,7 @@ def write_table(out: Path) -> str:
                 continue
             pool = f"{mine[0]['n_pool']} ({100 * mine[0]['pool_abnormal']:.0f}%)" if mine[0]["n_pool"] else "none"
             lines.append(f"| {protocol} | {pool} | {variant} | " + " | ".join(
-                cell([r[k] for r in mine]) for k in ("score", "inter", "intra", "rec")) +
+                mean_sd([r[k] for r in mine]) for k in ("score", "inter", "intra", "rec")) +
                 f" | {mine[0]['samples_per_network']:,} | {mine[0]['machine']} |")
     text = "\n".join(lines) + "\n"
     (out / "ddad.md").write_text(text)
@@ -108,20 +103,10 @@ def main() -> None:
     if not args.table_only:
         if args.threads:
             torch.set_num_threads(args.threads)
-        log = out / "ddad.jsonl"
-        done = {(r["protocol"], r["variant"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())} \
-            if log.exists() else set()
-        for seed in args.seeds:
-            for protocol in args.protocols:
-                for variant in args.variants:
-                    if (protocol, variant, seed) in done:
-                        continue
-                    row = run(args, protocol, variant, seed)
-                    if row is None:
-                        sys.exit(75)  # the time box stopped it: run the same command again to continue
-                    with log.open("a") as fh:
-                        fh.write(json.dumps(row) + "\n")
-                    print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        jobs = [(protocol, variant, seed) for seed in args.seeds for protocol in args.protocols
+                for variant in args.variants]
+        run_resumable(out / "ddad.jsonl", jobs, lambda r: (r["protocol"], r["variant"], r["seed"]),
+                      lambda protocol, variant, seed: run(args, protocol, variant, seed))
     print(write_table(out))
 
 

@@ -33,6 +33,7 @@ from cxrad.evaluation.metrics import evaluate
 from cxrad.detectors import detector_class
 from cxrad.data.protocols import PROTOCOLS, load_protocol, training_pool, views
 from cxrad.training import read_state
+from common import mean_sd, read_rows  # benchmarks/common.py
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,11 +45,7 @@ def machine() -> str:
 
 
 def done_keys(out: Path) -> set:
-    path = out / "learning_curves.jsonl"
-    if not path.exists():
-        return set()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["tag"], r["seed"], r["samples"]) for r in rows}
+    return {(r["tag"], r["seed"], r["samples"]) for r in read_rows(out / "learning_curves.jsonl")}
 
 
 def train_seed(args, params: dict, seed: int, cache: str):
@@ -98,20 +95,13 @@ def evaluate_snapshots(args, det, run_dir: Path, seed: int, cache: str, out: Pat
 VIEWS = ("nih14_AP", "nih14_PA")
 
 
-def _cell(values) -> str:
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
-    if not len(v):
-        return "—"
-    return f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
-
-
 def _mean(row) -> float:
     """The mean over the protocols; NaN when one is missing (rows of runs made before a protocol existed)."""
     return float(np.mean([row.get(p, np.nan) for p in PROTOCOLS]))
 
 
 def write_outputs(out: Path) -> str:
-    rows = [json.loads(line) for line in (out / "learning_curves.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rows(out / "learning_curves.jsonl")
     tags = list(dict.fromkeys(r["tag"] for r in rows))
     for r in rows:  # snapshots are grouped across seeds by their place in the run (sample counts differ a little)
         r["rank"] = sorted(x["samples"] for x in rows if x["tag"] == r["tag"] and x["seed"] == r["seed"]).index(
@@ -131,8 +121,8 @@ def write_outputs(out: Path) -> str:
         last = [max((r for r in mine if r["seed"] == seed), key=lambda r: r["samples"])
                 for seed in sorted({r["seed"] for r in mine})]
         lines.append(f"| {tag} | {last[0].get('pool', 'mix')} | {len(last)} | {np.mean([r['samples'] for r in last]):,.0f} | "
-                     + " | ".join(_cell([r.get(p) for r in last]) for p in (*PROTOCOLS, *VIEWS))
-                     + f" | {_cell([_mean(r) for r in last])} |")
+                     + " | ".join(mean_sd([r.get(p) for r in last], count=False) for p in (*PROTOCOLS, *VIEWS))
+                     + f" | {mean_sd([_mean(r) for r in last], count=False)} |")
     lines.append("")
     for tag in tags:
         mine = [r for r in rows if r["tag"] == tag]
@@ -148,8 +138,8 @@ def write_outputs(out: Path) -> str:
             at = [r for r in mine if r["rank"] == k]
             mark = " (min val)" if k == best else ""
             lines.append(f"| {np.mean([r['samples'] for r in at]):,.0f}{mark} | {len(at)} | {val_means[k]:.5f} | "
-                         + " | ".join(_cell([r.get(p) for r in at]) for p in PROTOCOLS)
-                         + f" | {_cell([_mean(r) for r in at])} |")
+                         + " | ".join(mean_sd([r.get(p) for r in at], count=False) for p in PROTOCOLS)
+                         + f" | {mean_sd([_mean(r) for r in at], count=False)} |")
         lines.append("")
     text = "\n".join(lines)
     (out / "learning_curves.md").write_text(text)

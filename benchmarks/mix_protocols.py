@@ -27,12 +27,13 @@ from cxrad.data import load_images
 from cxrad.evaluation.metrics import evaluate
 from cxrad.detectors import detector_class, load_detector
 from cxrad.data.protocols import PROTOCOLS, load_protocol, training_pool, views
+from common import mean_sd, read_rows  # benchmarks/common.py
 
 HERE = Path(__file__).resolve().parent
 
 
 def write_table(out: Path) -> str:
-    rows = [json.loads(line) for line in (out / "mix_protocols.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rows(out / "mix_protocols.jsonl")
     lines = ["# Trained once on a shipped models' pool, scored on every protocol's test split", "",
              "Image AUROC, mean ± sd over seeds (n in brackets). Fit on a shipped models' pool (the mix of "
              "kermany224 train normals + nih train normals, or an adult-first pool; no TB image), or a bundle scored "
@@ -43,11 +44,7 @@ def write_table(out: Path) -> str:
              "|---|" + "---|" * (len(PROTOCOLS) + 4)]
     for tag in dict.fromkeys(r["tag"] for r in rows):
         mine = [r for r in rows if r["tag"] == tag]
-        cells = []
-        for p in (*PROTOCOLS, "nih14_AP", "nih14_PA"):
-            v = np.array([r[p] for r in mine if r.get(p) is not None])
-            cells.append("—" if not len(v) else
-                         f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "") + f" ({len(v)})")
+        cells = [mean_sd([r.get(p) for r in mine]) for p in (*PROTOCOLS, "nih14_AP", "nih14_PA")]
         complete = [r for r in mine if all(r.get(p) is not None for p in PROTOCOLS)]
         mean = f"{np.mean([np.mean([r[p] for p in PROTOCOLS]) for r in complete]):.3f}" if complete else "—"
         lines.append(f"| {tag} | " + " | ".join(cells) + f" | {mean} | {np.mean([r['fit_s'] for r in mine]):.0f} |")

@@ -3,11 +3,12 @@
     python benchmarks/score_threads.py                     # all kermany224 JPEGs (5,840), 2 interleaved rounds
     python benchmarks/score_threads.py --limit 1000 --rounds 1
 
-(a) the shipped default model's ``score_arrays`` on the images preloaded at its input size, with 1 torch thread
-and with one per core; (b) `cxrad score FOLDER --out ... --cache-dir EMPTY` as a fresh process, with the
-model's threads measured (the default), `--threads 1` and `--threads CORES`. Rounds are interleaved so that a
-change in the machine's load hits every setting alike; the load average is recorded. Writes
-OUT/score_threads.md and .json.
+(a) the shipped default model's ``score_arrays`` on the images preloaded at its input size, in batches of 64:
+one batch at a time on 1 torch thread, one at a time on one thread per core, and one batch per core at once on
+1 thread each (how `cxrad score` runs it); the fastest is the reference. (b) `cxrad score FOLDER --out ...
+--cache-dir EMPTY` as a fresh process, by default and with `--threads 1`, and the process's start-up (import
+and model load, timed on one file). Rounds are interleaved so that a change in the machine's load hits every
+setting alike; the load average is recorded. Writes OUT/score_threads.md and .json.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import model_alone_ways, time_model_alone
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CXRAD_DATA", ROOT.parent / "shared" / "data"))
 
@@ -32,11 +35,12 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="score only the first N JPEGs")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--note", default="", help="said of the machine in the table's heading (e.g. what else ran)")
     args = ap.parse_args(argv)
 
     from cxrad.data import load_images
     from cxrad.detectors import load_detector
-    from cxrad.serving.streaming import available_cpus, torch_threads
+    from cxrad.serving.streaming import available_cpus
 
     cores = available_cpus()
     files = sorted(str(p) for p in DATA.joinpath("kermany224").rglob("*.jpeg"))[:args.limit]
@@ -48,31 +52,29 @@ def main(argv=None) -> int:
     for i, f in enumerate(files):
         os.symlink(f, folder / f"{i:05d}.jpeg")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
-    settings = {"measured (default)": [], "--threads 1": ["--threads", "1"], f"--threads {cores}": ["--threads",
-                                                                                                   str(cores)]}
-    alone: dict[int, list[float]] = {t: [] for t in sorted({1, cores})}
+    settings = {"default (one batch per core at once)": [], "--threads 1": ["--threads", "1"]}
+    alone: dict[str, list[float]] = {k: [] for k in model_alone_ways(det, arrays, cores)}
     end_to_end: dict[str, list[float]] = {k: [] for k in settings}
+    startup: list[float] = []
     loads = [os.getloadavg()[0]]
+
+    def cxrad_score(inputs, out, extra=()):
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "cxrad", "score", *inputs, "--quiet", "--out", str(out),
+                               "--cache-dir", str(out) + "-cache", *extra], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-2000:])
+        return time.perf_counter() - t0
     for r in range(args.rounds):
-        for threads in alone:
-            with torch_threads(threads):
-                det.score_arrays(arrays[:64])
-                t0 = time.perf_counter()
-                det.score_arrays(arrays)
-                alone[threads].append(len(arrays) / (time.perf_counter() - t0))
-        for name, extra in settings.items():
-            out, cache = tmp / f"out-{r}-{len(end_to_end[name])}-{name[-1]}", tmp / f"cache-{r}-{name[-1]}"
-            t0 = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "cxrad", "score", str(folder), "--quiet", "--out", str(out),
-                                   "--cache-dir", str(cache), *extra], env=env, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if done.returncode != 0:
-                raise SystemExit(done.stderr[-2000:])
-            end_to_end[name].append(len(files) / wall)
+        for name, measured in time_model_alone(det, arrays, cores).items():
+            alone[name].append(measured["img_s"])
+        startup.append(cxrad_score([files[0]], tmp / f"one-{r}"))
+        for i, (name, extra) in enumerate(settings.items()):
+            end_to_end[name].append(len(files) / cxrad_score([str(folder)], tmp / f"out-{r}-{i}", extra))
         loads.append(os.getloadavg()[0])
     best = max(statistics.median(v) for v in alone.values())
     report = {"files": len(files), "cores": cores, "rounds": args.rounds, "load_average_1min": loads,
-              "model_alone": alone, "cxrad_score": end_to_end, "best_model_alone": best,
+              "model_alone": alone, "cxrad_score": end_to_end, "best_model_alone": best, "startup_s": startup,
               "command": "PYTHONPATH=src python benchmarks/score_threads.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -80,16 +82,20 @@ def main(argv=None) -> int:
     lines = ["# `cxrad score` end to end against the model alone, by thread setting", "",
              f"Written by `benchmarks/score_threads.py` on {report['date']} at commit {report['commit']}:", "",
              "```bash", report["command"], "```", "",
-             f"{len(files)} kermany224 JPEGs (224 px), the shipped default model (64 px DAE), {cores} cores **shared "
-             f"with other jobs** (1-minute load average {', '.join(f'{v:.1f}' for v in loads)} at the start and "
-             f"after each round). Images per second, median of {args.rounds} interleaved round(s) [all rounds].", "",
+             f"{len(files)} kermany224 JPEGs (224 px), the shipped default model (64 px DAE), {cores} cores; "
+             f"1-minute load average {', '.join(f'{v:.1f}' for v in loads)} at the start and after each round"
+             f"{'; ' + args.note if args.note else ''}. Images per second, median of {args.rounds} interleaved "
+             "round(s) [all rounds].", "",
              "| what | img/s | x best model alone |", "|---|---|---|"]
-    for threads, v in alone.items():
-        lines.append(f"| model alone, preloaded arrays, {threads} thread(s) | {statistics.median(v):.0f} "
+    for name, v in alone.items():
+        lines.append(f"| model alone, preloaded arrays, {name} | {statistics.median(v):.0f} "
                      f"[{', '.join(f'{x:.0f}' for x in v)}] | {statistics.median(v) / best:.2f} |")
     for name, v in end_to_end.items():
         lines.append(f"| `cxrad score` end to end, {name} | {statistics.median(v):.0f} "
                      f"[{', '.join(f'{x:.0f}' for x in v)}] | {statistics.median(v) / best:.2f} |")
+    lines += ["", f"Start-up of `cxrad score` (a fresh process scoring one file: imports, model load): "
+              f"{statistics.median(startup):.1f} s [{', '.join(f'{x:.1f}' for x in startup)}]; it is part of every "
+              "end-to-end figure above."]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "score_threads.json").write_text(json.dumps(report, indent=1))

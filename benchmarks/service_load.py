@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CXRAD_DATA", ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(ROOT / "tests"))  # the films and the destination SCP of the node's tests
+from common import time_model_alone  # noqa: E402  (benchmarks/common.py)
 
 
 def percentile(values, q):
@@ -64,22 +64,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def model_alone(det, files: list[str]) -> dict:
-    """Images per second of the model on the films preloaded as arrays, 1 thread and one per core; and CPU
-    milliseconds per image on 1 thread (key "cpu_ms")."""
+def model_alone(det, files: list[str], batch_size: int) -> tuple[dict, float]:
+    """Images per second of the model on the films preloaded as arrays, each way it can run
+    (``common.model_alone_ways``); and CPU milliseconds per image on 1 thread."""
     from cxrad.data import load_images
-    from cxrad.serving.streaming import available_cpus, torch_threads
+    from cxrad.serving.streaming import available_cpus
     arrays = np.asarray(load_images(files, det.prep, workers=2).images)
-    out = {}
-    for threads in sorted({1, available_cpus()}):
-        with torch_threads(threads):
-            det.score_arrays(arrays[:32])  # warm
-            t0, c0 = time.perf_counter(), time.process_time()
-            det.score_arrays(arrays)
-            out[threads] = len(arrays) / (time.perf_counter() - t0)
-            if threads == 1:
-                cpu_ms = 1000 * (time.process_time() - c0) / len(arrays)
-    return out, cpu_ms
+    measured = time_model_alone(det, arrays, available_cpus(), batch_size)
+    return {k: v["img_s"] for k, v in measured.items()}, measured["one batch at a time, 1 thread"]["cpu_ms"]
 
 
 def main(argv=None) -> int:
@@ -114,7 +106,7 @@ def main(argv=None) -> int:
 
     det = load_detector(None, device="cpu")
     load_before = [round(v, 1) for v in os.getloadavg()]
-    alone_before, cpu_before = model_alone(det, dicom_sources + http_files)
+    alone_before, cpu_before = model_alone(det, dicom_sources + http_files, args.batch_size)
 
     arrivals: dict[str, float] = {}  # source film's SOP Instance UID -> when its report arrived
 
@@ -212,7 +204,7 @@ def main(argv=None) -> int:
     node.terminate()
     node.wait(60)
     pacs.stop()
-    alone_after, cpu_after = model_alone(det, dicom_sources + http_files)
+    alone_after, cpu_after = model_alone(det, dicom_sources + http_files, args.batch_size)
     load_after = [round(v, 1) for v in os.getloadavg()]
 
     def ts(value) -> float:
@@ -230,7 +222,7 @@ def main(argv=None) -> int:
     first, last = min(sent.values()), max(scored_at.values()) if scored_at else time.time()
     throughput = len(rows) / (last - first)
     alone = {t: max(alone_before[t], alone_after[t]) for t in alone_before}
-    best_threads = max(alone, key=alone.get)
+    best_way = max(alone, key=alone.get)
     from prometheus_client.parser import text_string_to_metric_families
     samples = {s.name: s.value for f in text_string_to_metric_families(metrics) for s in f.samples if not s.labels}
     mean_batch = samples["cxrad_batch_films_sum"] / max(1.0, samples["cxrad_batch_films_count"])
@@ -250,8 +242,8 @@ def main(argv=None) -> int:
         "latency_s": {q: percentile(latency, q) for q in (50, 95, 99)},
         "report_latency_s": {q: percentile(sr_latency, q) for q in (50, 95, 99)},
         "peak_rss_mib": rss, "model_alone": {"before": alone_before, "after": alone_after},
-        "model_alone_best": alone[best_threads], "model_alone_best_threads": best_threads,
-        "ratio": throughput / alone[best_threads], "mean_batch": mean_batch, "node_model_threads": chosen,
+        "model_alone_best": alone[best_way], "model_alone_best_way": best_way,
+        "ratio": throughput / alone[best_way], "mean_batch": mean_batch, "node_model_threads": chosen,
         "node_cpu_ms_per_film": 1000 * node_cpu / max(1, len(rows)),
         "model_cpu_ms_per_film": min(cpu_before, cpu_after),
     }
@@ -296,12 +288,12 @@ def render(r: dict) -> str:
         f"{srl[95]:.2f} / {srl[99]:.2f} s |",
         f"| node peak RSS | {r['peak_rss_mib']:.0f} MiB |",
         f"| mean model batch; the node's model threads | {r['mean_batch']:.1f} films; {r['node_model_threads']} |",
-        f"| model alone on the same films preloaded (`score_arrays`), before / after | "
-        + ", ".join(f"{t} thread(s): {alone['before'][t]:.0f} / {alone['after'][t]:.0f} img/s" for t in alone["before"])
+        "| model alone on the same films preloaded (`score_arrays`, batches of the node's size), before / after | "
+        + "; ".join(f"{t}: {alone['before'][t]:.0f} / {alone['after'][t]:.0f} img/s" for t in alone["before"])
         + " |",
         f"| CPU per film: the node process (all its work) / the model alone on 1 thread | "
         f"{r['node_cpu_ms_per_film']:.1f} / {r['model_cpu_ms_per_film']:.1f} ms |",
-        f"| node throughput / model alone (best, {r['model_alone_best_threads']} thread(s): "
+        f"| node throughput / model alone (best, {r['model_alone_best_way']}: "
         f"{r['model_alone_best']:.0f} img/s) | {r['ratio']:.2f} |",
         "",
     ])

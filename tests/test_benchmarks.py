@@ -52,3 +52,19 @@ def test_service_load_benchmark_runs_at_tiny_scale(tmp_path, shared_data):
     assert "| films sent / acknowledged / refused | 11 / 11 / 0 |" in table
     assert "| **lost** (acknowledged, no result) | **0** |" in table
     assert "| reports received by the destination | 8 " in table
+
+
+@pytest.mark.slow
+def test_score_threads_benchmark_runs_at_tiny_scale(tmp_path, shared_data):
+    """`cxrad score` end to end against the model alone, every way the model can run, on 130 real JPEGs."""
+    env = dict(os.environ, CXRAD_DATA=str(shared_data), PYTHONPATH=str(ROOT / "src"))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "score_threads.py"), "--limit", "130",
+                             "--rounds", "1", "--out", str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (tmp_path / "score_threads.md").read_text()
+    assert "130 kermany224 JPEGs" in table
+    for row in ("| model alone, preloaded arrays, one batch at a time, 1 thread |",
+                "| `cxrad score` end to end, default (one batch per core at once) |",
+                "| `cxrad score` end to end, --threads 1 |", "Start-up of `cxrad score`"):
+        assert row in table

@@ -1,7 +1,10 @@
 """The streaming scorer on real images: the same rows as scoring everything at once, cold and warm cache,
-a damaged cache entry read as a miss, and the model's thread count (as told with --threads, or chosen from
-the measured cost of decoding and scoring) set while scoring and restored after."""
+a damaged cache entry read as a miss, and the model's threads (as told with --threads, or one per core): that
+many batches scored at once on one torch thread each, the setting restored after."""
 from __future__ import annotations
+
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -53,72 +56,50 @@ def test_stream_cold_warm_and_damaged_cache_give_the_batch_scores(dae, files, tm
     assert items[0].stat().st_size > 0 and items[1].stat().st_size > 40  # decoded again and rewritten
 
 
-def test_the_models_threads_are_measured_or_as_told_and_the_setting_is_restored(dae, files, tmp_path, monkeypatch):
-    seen = []
-    real = type(dae)._run
+class ModelSpy:
+    """Records, for each batch the model scores, torch's thread count and how many batches run at once."""
 
-    def spy(self, images, *args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return real(self, images, *args, **kwargs)
+    def __init__(self, det_class, monkeypatch, hold_s=0.5):
+        self.threads, self.most_at_once, self._now, self._lock = [], 0, 0, threading.Lock()
+        real = det_class._run
 
-    monkeypatch.setattr(type(dae), "_run", spy)
+        def spy(det, images, *args, **kwargs):
+            with self._lock:
+                self._now += 1
+                self.most_at_once = max(self.most_at_once, self._now)
+                self.threads.append(torch.get_num_threads())
+            time.sleep(hold_s)  # long enough for the next batch to be decoded and started meanwhile
+            try:
+                return real(det, images, *args, **kwargs)
+            finally:
+                with self._lock:
+                    self._now -= 1
+        monkeypatch.setattr(det_class, "_run", spy)
+
+
+def test_the_model_scores_a_batch_per_thread_at_once_and_the_setting_is_restored(dae, files, tmp_path,
+                                                                                 monkeypatch):
+    from cxrad.serving.streaming import available_cpus
+    expected = by_path(dae.score(files[:40]))
     before = torch.get_num_threads()
-    score_to_files(dae, files[:40], tmp_path / "auto", batch_size=8, workers=1)
-    auto, seen[:] = list(seen), []
-    for told in (1, 2):
-        score_to_files(dae, files[:24], tmp_path / f"told{told}", batch_size=8, threads=told)
-        assert seen == [told] * 3
-        seen.clear()
-    # measured: two batches on one thread, then (on more than one core) a trial of the cost split, then the
-    # faster of the two for the rest
-    assert auto[:2] == [1, 1] and len(set(auto[3:])) == 1 and auto[3] in (1, auto[2])
-    assert torch.get_num_threads() == before
-
-
-def test_thread_chooser_splits_the_cores_by_measured_cost_and_keeps_the_faster():
-    from cxrad.serving.streaming import ThreadChooser
-
-    def run(decode_s, model_s_by_threads, cores=2, batches=6, idle=1.0):
-        ticks = iter(range(0, 10**6, 100))
-
-        def cpu_times():  # /proc/stat as seen by the chooser: ``idle`` of the cores idle meanwhile
-            t = next(ticks)
-            return t * idle / cores, float(t)
-        chooser, used = ThreadChooser(cores=cores, workers=2, cpu_times=cpu_times), []
-        chooser.observe_decode(64, decode_s * 64 / 2)
-        for _ in range(batches):
-            n = chooser.threads()
-            used.append(n)
-            chooser.observe_model(n, 64, model_s_by_threads[n] * 64)
-        return used
-
-    quiet = {1: 0.0080, 2: 0.0042}  # the model twice as fast on two threads; a JPEG decode 0.45 ms
-    assert run(0.00045, quiet) == [1, 1, 2, 2, 2, 2]
-    busy = {1: 0.0080, 2: 0.0300}  # other jobs hold the cores: two threads wait on each other
-    assert run(0.00045, busy, idle=0.9) == [1, 1, 2, 1, 1, 1]  # looked idle, was not: the trial says so
-    assert run(0.00045, busy, idle=0.1) == [1] * 6  # no idle core: no trial
-    assert run(0.0126, quiet) == [1] * 6  # a 1024 px PNG decode costs more than the model: no trial
-    assert run(0.00045, quiet, cores=1) == [1] * 6
-    four = {1: 0.008, 2: 0.006, 3: 0.004, 4: 0.0025}
-    assert run(0.00045, four, cores=4, idle=3.0)[2:] == [4] * 4
-    assert run(0.00045, four, cores=4, idle=1.2)[2:] == [2] * 4  # one more core than the model's is free
+    for told in (None, 1, 2, 3):
+        spy = ModelSpy(type(dae), monkeypatch)
+        score_to_files(dae, files[:40], tmp_path / f"told{told}", batch_size=8, threads=told)
+        got = by_path(read_scores(tmp_path / f"told{told}" / "scores.csv"))
+        assert list(got.index) == list(expected.index)
+        np.testing.assert_allclose(got["score"], expected["score"], rtol=1e-6)
+        assert spy.threads == [1] * 5, told  # every batch on one torch thread
+        assert spy.most_at_once == (told or available_cpus()), told
+        assert torch.get_num_threads() == before
 
 
 def test_cxrad_score_threads_flag_reaches_the_model(tiny_model, files, tmp_path, monkeypatch):
     from cxrad.frontends.cli import main
-    det_class = type(load_detector(tiny_model("dae")[1], device="cpu"))
-    seen, real = [], det_class._run
-
-    def spy(self, images, *args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return real(self, images, *args, **kwargs)
-
-    monkeypatch.setattr(det_class, "_run", spy)
     for told in ("2", "1"):
-        seen.clear()
-        assert main(["score", *files[:20], "--model", str(tiny_model("dae")[1]), "--threads", told, "--workers",
+        spy = ModelSpy(type(load_detector(tiny_model("dae")[1], device="cpu")), monkeypatch)
+        assert main(["score", *files[:24], "--model", str(tiny_model("dae")[1]), "--threads", told, "--workers",
                      "1", "--batch-size", "8", "--quiet", "--device", "cpu", "--out", str(tmp_path / told)]) == 0
-        assert seen == [int(told)] * 3
+        assert spy.threads == [1] * 3 and spy.most_at_once == int(told)
 
 
 def test_file_lists_in_text_or_csv_name_files_relative_to_the_list(tiny_model, files, tmp_path, capsys):

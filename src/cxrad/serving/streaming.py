@@ -1,6 +1,6 @@
-"""Scoring many files with flat memory: decoding runs in worker threads one batch ahead of the model, rows
-are appended to the output as each batch finishes (so a killed run keeps what it scored and ``resume`` skips
-it), and nothing but the result rows is kept.
+"""Scoring many files with flat memory: decoding runs in worker threads ahead of the model (which scores one batch
+per core at once), rows are appended to the output as each batch finishes (so a killed run keeps what it scored
+and ``resume`` skips it), and nothing but the result rows is kept.
 
     for rows in score_stream(det, files, cache_dir=...):   # DataFrames of up to batch_size rows
         ...
@@ -8,15 +8,16 @@ it), and nothing but the result rows is kept.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
 import stat
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,81 +109,18 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def model_threads(workers: int) -> int:
-    """The model's intra-op threads while ``workers`` threads decode: the cores left over, at least one. More
-    threads than free cores make torch's spinning workers wait on each other (up to 6x slower on a busy 2-core
-    machine, never faster there)."""
-    return max(1, available_cpus() - workers)
+def model_streams(det, threads: int | None = None) -> int:
+    """How many batches the model scores at once, each on one torch thread: ``threads`` (None: one per core).
+    One on a GPU, which runs batches in turn anyway."""
+    return 1 if not on_cpu(det) else max(1, int(threads or available_cpus()))
 
 
-def _cpu_times() -> tuple[float, float] | None:
-    """(idle, total) CPU time of the whole machine so far, in clock ticks (Linux); None elsewhere."""
-    try:
-        with open("/proc/stat") as fh:
-            fields = [float(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return fields[3] + (fields[4] if len(fields) > 4 else 0.0), sum(fields[:8])
-
-
-class ThreadChooser:
-    """The model's thread count, chosen by measuring the stages instead of by counting threads.
-
-    Decoding a 224 px JPEG costs ~0.5 ms and the 64 px model ~8 ms per image on one thread, so giving the model
-    only the cores the decoders leave (``model_threads``) leaves it one thread on 2 cores while the decoders sit
-    idle most of the time. Here the cores are split in proportion to the measured cost of each stage: the first
-    batch is decoded alone (its decoding cost per image), the first two are scored on one thread (the second
-    gives the model's cost, and how many cores the machine left idle meanwhile), and if the model's share of
-    the cores that are free rounds to more than one thread, the next batch is scored with that many. The faster
-    of the two measured settings is kept: on a machine whose cores other jobs hold, extra threads only wait on
-    each other (several times slower), so without idle cores there is no trial at all.
-    """
-
-    def __init__(self, cores: int | None = None, workers: int = 1, cpu_times=_cpu_times):
-        self.cores, self.workers = max(1, cores or available_cpus()), max(1, workers)
-        self.cpu_times = cpu_times
-        self.choice: int | None = 1 if self.cores == 1 else None
-        self.decode_s: float | None = None  # CPU seconds per image, from the first batch decoded alone
-        self.model_s: dict[int, float] = {}  # threads -> wall seconds per image of the latest measured batch
-        self.idle_cores: float | None = None  # cores the machine left idle while the model ran on one thread
-        self._batches = 0
-        self._cpu = None
-
-    def observe_decode(self, images: int, wall_s: float) -> None:
-        if self.decode_s is None and images:
-            self.decode_s = wall_s * min(self.workers, self.cores) / images
-
-    def candidate(self) -> int:
-        m, d = self.model_s.get(1), self.decode_s or 0.0
-        if m is None:
-            return 1
-        share = self.cores * m / (m + d)
-        if self.idle_cores is not None:  # the model's own core, and the ones nobody else uses
-            share = min(share, 1 + self.idle_cores)
-        return min(self.cores, max(1, round(share)))
-
-    def threads(self) -> int:
-        if self.choice is not None:
-            return self.choice
-        if self._batches == 1:
-            self._cpu = self.cpu_times()  # the measured one-thread batch starts now
-        return 1 if self._batches < 2 else self.candidate()
-
-    def observe_model(self, threads: int, images: int, wall_s: float) -> None:
-        self._batches += 1
-        if self.choice is not None or not images:
-            return
-        if self._batches == 1:  # the first batch pays for warming up: not a measure
-            return
-        if threads == 1 and self._cpu is not None:
-            now = self.cpu_times()
-            if now is not None and now[1] > self._cpu[1]:
-                self.idle_cores = self.cores * (now[0] - self._cpu[0]) / (now[1] - self._cpu[1])
-        self.model_s[threads] = wall_s / images
-        if threads == 1 and self.candidate() == 1:
-            self.choice = 1
-        elif threads != 1:
-            self.choice = threads if self.model_s[threads] < 0.95 * self.model_s[1] else 1
+def on_cpu(det) -> bool:
+    """True when ``det`` scores on the CPU (an ONNX export always does)."""
+    if not hasattr(det, "scoring_graph"):
+        return True
+    from cxrad.detectors.graph import graph_device
+    return graph_device(det.scoring_graph()).type == "cpu"
 
 
 @contextlib.contextmanager
@@ -200,53 +138,53 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+#: batches queued for the model beyond one per stream, so that no stream waits while the caller writes rows
+SPARE_BATCHES = 1
+
+
 def score_stream(det, files: list[str], batch_size: int = 64, workers: int = 2, cache_dir=None,
                  threads: int | None = None, pictures: tuple[str, ...] = (),
                  on_pictures=None) -> Iterator[pd.DataFrame]:
-    """Score ``files`` in batches; each batch is decoded (``workers`` threads) while the previous one is scored
-    (with ``threads`` torch threads; None: chosen by ``ThreadChooser`` from the measured cost of each stage).
-    Yields the score table of each batch, error rows included, in input order within the batch. With
-    ``pictures`` (e.g. ``("map",)``), each batch's pictures come from the same forward pass and go to
-    ``on_pictures(images, table, pictures)``."""
-    chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
-    if not chunks:
-        return
-    chooser = None if threads else ThreadChooser(workers=workers)
+    """Score ``files`` in batches and yield each batch's score table (error rows included, in input order), in
+    the order of ``files``. Decoding (``workers`` threads) runs ahead of the model, which scores
+    ``model_streams(det, threads)`` batches at once on one torch thread each: independent one-thread batches
+    keep every core busy, where one batch on several threads has them wait on each other at every layer (and
+    far longer when other jobs hold a core). With ``pictures`` (e.g. ``("map",)``), each batch's pictures come
+    from the same forward pass and go to ``on_pictures(images, table, pictures)``."""
+    chunks = iter([files[i:i + batch_size] for i in range(0, len(files), batch_size)])
+    streams, cpu = model_streams(det, threads), on_cpu(det)
 
     def load(chunk):
-        t0 = time.perf_counter()
-        images = load_images(chunk, det.prep, cache_dir=cache_dir, workers=workers, cache_set=False)
-        return images, time.perf_counter() - t0
+        return load_images(chunk, det.prep, cache_dir=cache_dir, workers=workers, cache_set=False)
 
+    def run(images):
+        return det.explain(images, pictures=pictures) if pictures else (det.score(images), {})
+
+    with torch_threads(1 if cpu else None), \
+            ThreadPoolExecutor(1, thread_name_prefix="cxrad-decode") as decoder, \
+            ThreadPoolExecutor(streams, thread_name_prefix="cxrad-model",
+                               initializer=one_torch_thread if cpu else None) as model:
+        decoding = collections.deque(decoder.submit(load, c)
+                                     for c in itertools.islice(chunks, streams + 1 + SPARE_BATCHES))
+        scoring: collections.deque = collections.deque()
+        while decoding or scoring:
+            while decoding and len(scoring) < streams + SPARE_BATCHES:
+                images = decoding.popleft().result()
+                following = next(chunks, None)
+                if following is not None:
+                    decoding.append(decoder.submit(load, following))
+                scoring.append((images, model.submit(run, images)))
+            images, future = scoring.popleft()
+            table, drawn = future.result()
+            if pictures:
+                on_pictures(images, table, drawn)
+            yield table
+
+
+def one_torch_thread() -> None:
+    """A model thread's setting: torch's thread count is kept per thread (its OpenMP pool), so each sets it."""
     import torch
-
-    before = torch.get_num_threads()
-    current = None
-    try:
-        with ThreadPoolExecutor(1) as prefetch:
-            pending = prefetch.submit(load, chunks[0])
-            for i in range(len(chunks)):
-                images, decode_s = pending.result()
-                if chooser is not None and i == 0:
-                    chooser.observe_decode(len(chunks[0]), decode_s)  # decoded alone: its cost, undisturbed
-                if i + 1 < len(chunks):
-                    pending = prefetch.submit(load, chunks[i + 1])
-                n = threads or chooser.threads()
-                if n != current:  # changed only when the choice changes: a new count rebuilds torch's pool
-                    torch.set_num_threads(int(n))
-                    current = n
-                t0 = time.perf_counter()
-                if pictures:
-                    table, drawn = det.explain(images, pictures=pictures)
-                else:
-                    table = det.score(images)
-                if chooser is not None:
-                    chooser.observe_model(n, len(images), time.perf_counter() - t0)
-                if pictures:
-                    on_pictures(images, table, drawn)
-                yield table
-    finally:
-        torch.set_num_threads(before)
+    torch.set_num_threads(1)
 
 
 @dataclass

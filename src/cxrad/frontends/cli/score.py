@@ -31,9 +31,8 @@ def add_parser(sub, argv=None) -> None:
                    "that give a map)")
     p.add_argument("--batch-size", type=int, default=64, help="images decoded and scored together (64)")
     p.add_argument("--workers", type=int, default=2, help="decoding threads (2)")
-    p.add_argument("--threads", type=int, default=None, help="the model's threads (default: chosen by measuring "
-                   "the first batches: the cores split by the cost of decoding and of the model, or 1 thread if "
-                   "that is faster)")
+    p.add_argument("--threads", type=int, default=None, help="the model's threads: it scores that many batches "
+                   "at once, one thread each (default: one per core)")
     p.add_argument("--json", action="store_true", help="print JSON Lines (one object per file, as each batch "
                    "is scored) instead of a table")
     ray = p.add_argument_group("Ray engine (pip install 'cxrad[ray]')")
@@ -62,9 +61,9 @@ def run(args) -> int:
     from cxrad.detectors.results import json_lines
     from cxrad.detectors.thresholds import operating_point
     from cxrad.serving.onnx_export import OnnxScorer
-    from cxrad.serving.streaming import collect_files, model_threads, read_file_list, score_to_files, summarise
+    from cxrad.serving.streaming import collect_files, read_file_list, score_to_files, summarise
 
-    det = load_model(args, exports=True, threads=args.threads or model_threads(args.workers))
+    det = load_model(args, exports=True, threads=1)  # an export's session: one thread per batch in flight
     if isinstance(det, OnnxScorer) and args.engine == "ray":
         raise UserError(f"--engine ray scores with a model bundle; {args.model} is an ONNX export (score it with "
                         "the default --engine local, or give the bundle it was exported from)")

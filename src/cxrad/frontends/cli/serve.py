@@ -48,8 +48,9 @@ def add_parser(sub, argv=None) -> None:
                       "(default: sqlite in STATE)")
     run_.add_argument("--batch-size", type=int, default=16, help="largest model batch (16)")
     run_.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (5 ms)")
-    run_.add_argument("--workers", type=int, default=None, help="decoding threads (default: by measured cost)")
-    run_.add_argument("--threads", type=int, default=None, help="the model's threads (default: by measured cost)")
+    run_.add_argument("--workers", type=int, default=None, help="decoding threads (1)")
+    run_.add_argument("--threads", type=int, default=None, help="the model's threads: it scores that many batches "
+                      "at once, one thread each (default: one per core)")
     run_.add_argument("--spool-max-mb", type=float, default=4096, help="spool size cap in MB; over it, new "
                       "films are refused (C-STORE 0xA700, HTTP 503) until it drains (4096)")
     run_.add_argument("--delivery-attempts", type=int, default=6, help="tries per report before giving up (6)")

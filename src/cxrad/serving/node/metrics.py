@@ -32,7 +32,7 @@ class Metrics:
             Gauge("cxrad_deliveries_pending", "Result objects waiting to be sent",
                   registry=r).set_function(pending_deliveries)
         if model_threads is not None:
-            Gauge("cxrad_model_threads", "Torch threads the model runs on (0 before the first batch)",
+            Gauge("cxrad_model_threads", "Batches the model scores at once, one torch thread each",
                   registry=r).set_function(model_threads)
         self.received = Counter("cxrad_films_received", "Films acknowledged, by source", ["source"], registry=r)
         self.refused = Counter("cxrad_films_refused", "Films refused (not acknowledged), by reason", ["reason"],

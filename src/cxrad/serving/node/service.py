@@ -145,7 +145,7 @@ class Node:
         self.sender.wake()
         self._started = True
         log.info("node ready: model %s, %d decoding thread(s), %s model thread(s), batch %d", self.model_name,
-                 self.decode_workers, self.model_threads or "measured", self.config.batch_size)
+                 self.decode_workers, self.pipeline.model_threads, self.config.batch_size)
         return self
 
     def stop(self) -> None:
@@ -247,9 +247,8 @@ class Node:
             if row["error"]:
                 self.metrics.error(row["error"])
             self.metrics.latency.observe(max(0, done - received[row["id"]]) / 1e9)
-        log.info("recorded %d film(s) (decoding %.0f ms, model %.0f ms on %d thread(s), recording %.0f ms)",
-                 len(inserted), 1000 * batch.decode_s, 1000 * batch.model_s, batch.threads,
-                 1000 * (time.perf_counter() - t0))
+        log.info("recorded %d film(s) (decoding %.0f ms, model %.0f ms, recording %.0f ms)",
+                 len(inserted), 1000 * batch.decode_s, 1000 * batch.model_s, 1000 * (time.perf_counter() - t0))
         if deliveries:
             self.sender.wake()
 

@@ -1,13 +1,13 @@
 """Scoring inside the node: the model is loaded once, and spooled films are scored in dynamic batches.
 
-Three threads, each a stage, with a bounded queue between them so that decoding runs one batch ahead of the
-model (as ``cxrad score`` does):
+Three stages in threads, with a bounded queue between them so that decoding runs ahead of the model (as
+``cxrad score`` does):
 
 1. *gather and decode*: wait for a film, then take more until the batch is full or ``max_wait_s`` has passed
    since the first; read their headers and decode them with ``cxrad.data.load_images`` (the reader of
    ``cxrad score``, ``decode_workers`` threads);
-2. *model*: ``det.explain`` (``det.score`` when no heatmap is wanted), on ``model_threads`` torch threads
-   (None: chosen from the measured cost of the stages, as ``cxrad score`` does); it runs the scoring graph in
+2. *model*: ``det.explain`` (``det.score`` when no heatmap is wanted) in ``model_threads`` threads (None: one
+   per core), each scoring a batch on one torch thread, as ``cxrad score`` does; the scoring graph runs in
    fixed chunks, so a film's score does not depend on the batch it came in;
 3. *record*: the recorder callback (results, database, spool) of the node.
 
@@ -45,7 +45,6 @@ class Batch:
     gathered_at: float = 0.0
     decode_s: float = 0.0
     model_s: float = 0.0
-    threads: int = 0
 
 
 class Pipeline:
@@ -57,14 +56,15 @@ class Pipeline:
         self.det, self.record, self.known, self.drop = det, record, known, drop
         self.batch_size, self.max_wait_s = int(batch_size), float(max_wait_s)
         self.decode_workers = max(1, int(decode_workers))
-        self.model_threads = int(model_threads) if model_threads else None  # None: measured (ThreadChooser)
+        from cxrad.serving.streaming import model_streams, on_cpu
+        self.model_threads, self.on_cpu = model_streams(det, model_threads), on_cpu(det)
         self.maps = maps
         self.intake: queue.Queue = queue.Queue()
-        self._decoded: queue.Queue = queue.Queue(maxsize=1)
+        self._decoded: queue.Queue = queue.Queue(maxsize=self.model_threads)
         self._scored: queue.Queue = queue.Queue(maxsize=2)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.current_threads = 0  # the model's threads now (0 before the first batch)
+        self.current_threads = 0  # the model's threads now (0 before start)
         self.busy = threading.Event()  # set while any film is between intake and the end of ``record``
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -89,8 +89,10 @@ class Pipeline:
             return self._in_flight
 
     def start(self) -> None:
-        for name, target in (("cxrad-decode", self._decode_loop), ("cxrad-model", self._model_loop),
-                             ("cxrad-record", self._record_loop)):
+        stages = [("cxrad-decode", self._decode_loop), ("cxrad-record", self._record_loop)]
+        stages += [(f"cxrad-model-{i}", self._model_loop) for i in range(self.model_threads)]
+        self.current_threads = self.model_threads
+        for name, target in stages:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -188,30 +190,16 @@ class Pipeline:
         return batch
 
     def _model_loop(self) -> None:
-        import torch
-
-        from cxrad.serving.streaming import ThreadChooser
-
-        # torch's setting is per thread for its OpenMP pool: it is made here, in the model's thread
-        chooser = None if self.model_threads else ThreadChooser(workers=self.decode_workers)
-        current, first = None, True
+        if self.on_cpu:
+            from cxrad.serving.streaming import one_torch_thread
+            one_torch_thread()
         while True:
             batch = self._get(self._decoded)
             if batch is None:
                 return
-            if chooser is not None and first:
-                chooser.observe_decode(len(batch.entries), batch.decode_s)
-            first = False
-            n = self.model_threads or chooser.threads()
-            if n != current:
-                torch.set_num_threads(int(n))
-                current = self.current_threads = n
             t0 = time.perf_counter()
             self._score(batch)
             batch.model_s = time.perf_counter() - t0
-            batch.threads = n
-            if chooser is not None:
-                chooser.observe_model(n, len(batch.entries), batch.model_s)
             if not self._put(self._scored, batch):
                 return
 
