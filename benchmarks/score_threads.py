@@ -77,7 +77,7 @@ def main(argv=None) -> int:
               "model_alone": alone, "cxrad_score": end_to_end, "best_model_alone": best, "startup_s": startup,
               "command": "PYTHONPATH=src python benchmarks/score_threads.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+              "commit": subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                                        text=True).stdout.strip()}
     lines = ["# `cxrad score` end to end against the model alone, by thread setting", "",
              f"Written by `benchmarks/score_threads.py` on {report['date']} at commit {report['commit']}:", "",

@@ -370,7 +370,7 @@ def main(argv=None) -> int:
     start = machine()
     det = load_detector(None, device="cpu")
     kermany = sorted(str(p) for p in (DATA / "kermany224" / "test").rglob("*.jpeg"))
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
     report: dict = {"machine": start, "model": default_name(), "argv": sys.argv[1:], "workers": args.workers,
                     "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

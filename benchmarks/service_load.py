@@ -231,7 +231,7 @@ def main(argv=None) -> int:
         "command": "PYTHONPATH=src python benchmarks/service_load.py " + " ".join(sys.argv[1:] if argv is None
                                                                                  else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+        "commit": subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                                  text=True).stdout.strip(),
         "cores": len(os.sched_getaffinity(0)), "load_before": load_before, "load_after": load_after,
         "associations": args.associations, "http_clients": args.http_clients,
