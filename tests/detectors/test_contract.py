@@ -163,20 +163,23 @@ def test_refitting_starts_from_raw_scores(small_sets):
     np.testing.assert_allclose(det.decision_function(test), first[1], rtol=1e-5)
 
 
-def test_sample_weights_change_what_is_drawn_not_the_data(small_sets):
+@pytest.mark.parametrize("kind", ["dae", "opacity"])  # the weighted pool trains both (benchmarks/learning_curves.py)
+def test_sample_weights_change_what_is_drawn_not_the_data(small_sets, kind):
     """Weights are a sampling distribution over the images: zero weight means never drawn (so the run differs
     from an unweighted one); detectors without weights refuse them."""
-    from cxrad.detectors import DAEDetector, RegionalDetector
+    from cxrad.detectors import RegionalDetector, detector_class
+    cls = detector_class(kind)
+    assert cls.supports_sample_weight
     train, test = small_sets[32]
-    settings = dict(**DAEDetector.tiny, seed=0, device="cpu", batch_size=8, augment=False)
-    plain = DAEDetector(**settings).fit(train)
+    settings = dict(**cls.tiny, seed=0, device="cpu", batch_size=8, augment=False)
+    plain = cls(**settings).fit(train)
     weights = np.r_[np.ones(len(train) // 2), np.zeros(len(train) - len(train) // 2)]
-    weighted = DAEDetector(**settings).fit(train, sample_weight=weights)
+    weighted = cls(**settings).fit(train, sample_weight=weights)
     assert not np.allclose(plain.decision_function(test), weighted.decision_function(test))
     frame = train.frame.assign(sample_weight=weights)
-    again = DAEDetector(**settings).fit(load_images(frame, weighted.prep))
-    np.testing.assert_allclose(again.decision_function(test), weighted.decision_function(test))
+    again = cls(**settings).fit(load_images(frame, weighted.prep))
+    np.testing.assert_allclose(again.decision_function(test), weighted.decision_function(test), rtol=1e-5)
     with pytest.raises(DataError, match="does not take sampling weights"):
         RegionalDetector(image_size=32).fit(train, sample_weight=weights)
     with pytest.raises(ValueError, match="values of sample_weight"):
-        DAEDetector(**settings).fit(list(train.frame["path"]), sample_weight=weights[:3])
+        cls(**settings).fit(list(train.frame["path"]), sample_weight=weights[:3])

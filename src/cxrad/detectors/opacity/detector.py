@@ -96,6 +96,7 @@ class OpacityDetector(TrainedDetector):
     """
 
     kind: ClassVar[str] = "opacity"
+    supports_sample_weight: ClassVar[bool] = True
     tiny: ClassVar[dict] = {"image_size": 32, "epochs": 1, "width": 8, "depth": 3}
     bounds: ClassVar[dict] = {**TrainedDetector.bounds, "width": (8, 512), "depth": (1, 8),
                               "synthetic_share": (0.0, 1.0), "top_fraction": (0.0, 1.0)}
@@ -127,7 +128,7 @@ class OpacityDetector(TrainedDetector):
         return UNet(self.width, self.depth)
 
     def fit_arrays(self, train: np.ndarray, val: np.ndarray, sample_weight=None) -> None:
-        cfg = self.train_config(train, val, "opacity epochs", optimizer="adamw", weight_decay=1e-5,
+        cfg = self.train_config(train, val, "opacity epochs", sample_weight, optimizer="adamw", weight_decay=1e-5,
                                 schedule="cosine")
         model, net, device = self.start_network(self.network)
         opt = cfg.make_optimizer(model.parameters())
@@ -141,11 +142,12 @@ class OpacityDetector(TrainedDetector):
         result = fit_epochs({"model": net}, {"opt": opt}, loss_step(net, loss, opt, corrupt), train, cfg, val=val,
                             val_loss=lambda x, gen: loss(model, *synthesise(x, gen, self.synthetic_share,
                                                                              self.anatomy)),
-                            prepare=normalise_array)
+                            prepare=normalise_array, weights=sample_weight)
         self.model_ = model.eval()
         self.record(result)
         if self.score_from != "top_map":
             from sklearn.covariance import LedoitWolf  # here: scoring needs no scikit-learn
+            # (every training image once: sampling weights shape what the segmenter sees, not this Gaussian)
             feats = self._run(train, keep=("features",), raw=True)["features"].astype(np.float64)
             gauss = LedoitWolf().fit(feats)
             self.feature_mean_, self.feature_precision_ = gauss.location_, gauss.precision_
