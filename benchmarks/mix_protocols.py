@@ -3,7 +3,14 @@ kermany224 train normals + nih train normals, or the adult-first pools of cxrad.
 score every protocol's test split, all disjoint from the pools, with AP-only and PA-only AUROCs where a test split
 has views. This is how the default model is evaluated, so any candidate measured here compares with it directly.
 ``--bundle PATH`` scores an existing bundle (a shipped name, or a folder made by `cxrad train`) instead of
-fitting.
+fitting; ``--save DIR`` keeps each fitted model as a bundle. ``--fuse BUNDLE...`` scores the late fusion of the
+model with those bundles, as the ``fusion`` detector combines its members: each score standardised by the median
+and IQR of its own model's held-out normal scores, then averaged.
+
+    python benchmarks/mix_protocols.py --detector regional --param image_size=128 --tag regional128 --seeds 0 \
+        --save 'runs/fusion/regional128-{seed}'
+    python benchmarks/mix_protocols.py --bundle dae-cxr-64-300k --fuse runs/fusion/regional128-0 \
+        --tag 'fusion: dae-cxr-64-300k + regional128' --seeds 0
 
     python benchmarks/mix_protocols.py --detector patchcore --tag patchcore-dae64 --seeds 0 1 2 \\
         --param 'backbone=runs/learning_curves/dae64/seed{seed}/bundle'
@@ -24,6 +31,7 @@ import torch
 import yaml
 
 from cxrad.data import load_images
+from cxrad.detectors.thresholds import robust_scale
 from cxrad.evaluation.metrics import evaluate
 from cxrad.detectors import detector_class, load_detector
 from cxrad.data.protocols import PROTOCOLS, load_protocol, training_pool, views
@@ -54,10 +62,29 @@ def write_table(out: Path) -> str:
     return text
 
 
+def fused_scores(members, frame, cache_dir):
+    """The scores of the test ``frame`` (and its ImageSet) by one model, or by the mean of several models' scores
+    each standardised on its own held-out normals (as the ``fusion`` detector does)."""
+    total, test, paths = 0.0, None, None
+    for m in members:
+        test = load_images(frame, m.prep, cache_dir=cache_dir)
+        assert paths is None or list(test.frame["path"]) == paths, "members read different images"
+        paths = list(test.frame["path"])
+        score = m.score_arrays(np.asarray(test.images))["score"]
+        if len(members) == 1:
+            return score, test
+        median, scale = robust_scale(m.normal_scores_)
+        total = total + (score - median) / scale
+    return total / len(members), test
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--detector", default=None, help="the detector kind to fit (or give --bundle)")
     ap.add_argument("--bundle", default=None, help="score this bundle instead of fitting ({seed} is replaced)")
+    ap.add_argument("--save", default=None, help="keep each fitted model as a bundle here ({seed} is replaced)")
+    ap.add_argument("--fuse", nargs="+", default=[], metavar="BUNDLE", help="score the fusion of the model with "
+                    "these bundles ({seed} is replaced)")
     ap.add_argument("--pool", default="mix", help="training pool: mix, adult or adult-weighted")
     ap.add_argument("--tag", required=True)
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
@@ -83,16 +110,19 @@ def main() -> None:
         else:
             det = detector_class(args.detector)(**params, seed=seed, device=args.device)
             det.fit(load_images(pool, det.prep, cache_dir=args.cache_dir))
+            if args.save:
+                det.save(args.save.replace("{seed}", str(seed)))
+        members = [det] + [load_detector(b.replace("{seed}", str(seed)), device=args.device) for b in args.fuse]
         row = {"tag": args.tag, "detector": det.kind, "seed": seed, "params": params, "fit_s": time.time() - t0,
-               "pool": None if args.bundle else args.pool, "bundle": args.bundle,
+               "pool": None if args.bundle else args.pool, "bundle": args.bundle, "fuse": args.fuse,
                "machine": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
                "command": "python benchmarks/mix_protocols.py " + " ".join(
                    ([f"--bundle {args.bundle}"] if args.bundle else [f"--detector {args.detector}",
                                                                       f"--pool {args.pool}"])
-                   + [f"--tag {args.tag}"] + [f"--param '{p}'" for p in args.param])}
+                   + [f"--tag '{args.tag}'"] + [f"--param '{p}'" for p in args.param]
+                   + ([f"--fuse {' '.join(args.fuse)}"] if args.fuse else []))}
         for p in PROTOCOLS:
-            test = load_images(load_protocol(p).test, det.prep, cache_dir=args.cache_dir)
-            scores = det.score_arrays(np.asarray(test.images))["score"]
+            scores, test = fused_scores(members, load_protocol(p).test, args.cache_dir)
             row[p] = evaluate(test.labels, scores, n_boot=0)["auroc"]
             for view, mask in views(test.frame).items():
                 row[f"{p}_{view}"] = evaluate(test.labels[mask], scores[mask], n_boot=0)["auroc"]
