@@ -90,3 +90,29 @@ def test_export_of_a_missing_model_is_a_one_line_error(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == EXIT_FATAL
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cxrad: error:") and "nothing" in err[0]
+
+
+def test_an_export_streams_two_batches_at_once_in_a_process_without_torch(tmp_path, tiny_model, sample_test_files):
+    """`cxrad score` on an export needs cxrad, numpy and onnxruntime only: the streaming scorer, with one batch
+    per core at once, runs in a child where importing torch fails, and gives the detector's scores."""
+    import subprocess
+    import sys
+    det, _ = tiny_model("dae")
+    export_onnx(det, tmp_path / "export")
+    files = sample_test_files[:40]
+    (tmp_path / "list.txt").write_text("\n".join(files) + "\n")
+    child = f"""
+import sys
+sys.modules["torch"] = None  # import torch raises ImportError from here on
+from cxrad.serving.onnx_export import OnnxScorer
+from cxrad.serving.streaming import read_file_list, score_to_files
+det = OnnxScorer({str(tmp_path / "export")!r}, threads=1)
+summary = score_to_files(det, read_file_list({str(tmp_path / "list.txt")!r}), {str(tmp_path / "out")!r},
+                         batch_size=8, threads=2)
+assert summary.rows == 40 and summary.errors == 0
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from cxrad.serving.streaming import read_scores
+    got = read_scores(tmp_path / "out" / "scores.csv").set_index("path").loc[files, "score"]
+    np.testing.assert_allclose(got, det.score(files)["score"], rtol=1e-4, atol=1e-4)

@@ -152,7 +152,8 @@ def score_stream(det, files: list[str], batch_size: int = 64, workers: int = 2, 
     far longer when other jobs hold a core). With ``pictures`` (e.g. ``("map",)``), each batch's pictures come
     from the same forward pass and go to ``on_pictures(images, table, pictures)``."""
     chunks = iter([files[i:i + batch_size] for i in range(0, len(files), batch_size)])
-    streams, cpu = model_streams(det, threads), on_cpu(det)
+    streams = model_streams(det, threads)
+    torch_on_cpu = on_cpu(det) and hasattr(det, "scoring_graph")  # (an ONNX export runs without torch)
 
     def load(chunk):
         return load_images(chunk, det.prep, cache_dir=cache_dir, workers=workers, cache_set=False)
@@ -160,10 +161,10 @@ def score_stream(det, files: list[str], batch_size: int = 64, workers: int = 2, 
     def run(images):
         return det.explain(images, pictures=pictures) if pictures else (det.score(images), {})
 
-    with torch_threads(1 if cpu else None), \
+    with torch_threads(1 if torch_on_cpu else None), \
             ThreadPoolExecutor(1, thread_name_prefix="cxrad-decode") as decoder, \
             ThreadPoolExecutor(streams, thread_name_prefix="cxrad-model",
-                               initializer=one_torch_thread if cpu else None) as model:
+                               initializer=one_torch_thread if torch_on_cpu else None) as model:
         decoding = collections.deque(decoder.submit(load, c)
                                      for c in itertools.islice(chunks, streams + 1 + SPARE_BATCHES))
         scoring: collections.deque = collections.deque()

@@ -57,7 +57,8 @@ class Pipeline:
         self.batch_size, self.max_wait_s = int(batch_size), float(max_wait_s)
         self.decode_workers = max(1, int(decode_workers))
         from cxrad.serving.streaming import model_streams, on_cpu
-        self.model_threads, self.on_cpu = model_streams(det, model_threads), on_cpu(det)
+        self.model_threads = model_streams(det, model_threads)
+        self.torch_on_cpu = on_cpu(det) and hasattr(det, "scoring_graph")
         self.maps = maps
         self.intake: queue.Queue = queue.Queue()
         self._decoded: queue.Queue = queue.Queue(maxsize=self.model_threads)
@@ -190,7 +191,7 @@ class Pipeline:
         return batch
 
     def _model_loop(self) -> None:
-        if self.on_cpu:
+        if self.torch_on_cpu:
             from cxrad.serving.streaming import one_torch_thread
             one_torch_thread()
         while True:
