@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -49,17 +50,19 @@ def main() -> None:
     args = ap.parse_args()
     default = load_detector(args.default, "cpu")
     seen_by_default = training_prefixes(args.default)
-    abnormal = abnormal_validation_films()
-    pool = load_images(training_pool("adult-weighted"), default.prep, cache_dir=args.cache_dir)
-    normal = pool.subset(pool.labels == 0)
+    tmp = Path(tempfile.mkdtemp(prefix="cxrad-fusion-"))
+    if args.pool == "mix":  # validation_frame reads the pool as a CSV: written once for every seed
+        training_pool("mix").to_csv(tmp / "mix.csv", index=False)
+    else:  # the pool each seed's member held its normals out of, decoded once
+        abnormal = abnormal_validation_films()
+        pool = load_images(training_pool("adult-weighted"), default.prep, cache_dir=args.cache_dir)
+        normal = pool.subset(pool.labels == 0)
     rows = []
     for seed in args.seeds:
         bundle = Path(args.run.replace("{seed}", str(seed))) / "bundle"
         member, trained = load_detector(bundle, "cpu"), training_prefixes(bundle)
         if args.pool == "mix":
-            with tempfile.TemporaryDirectory() as tmp:
-                training_pool("mix").to_csv(Path(tmp) / "mix.csv", index=False)
-                films = validation_frame(Path(tmp) / "mix.csv", seen_by_default | trained)[["path", "label", "sha256"]]
+            films = validation_frame(tmp / "mix.csv", seen_by_default | trained)[["path", "label", "sha256"]]
         else:
             _, held = hold_out_normals(normal, member.val_fraction, seed)
             frame = held.frame
@@ -75,6 +78,7 @@ def main() -> None:
             row[name] = evaluate(images.labels, scores, n_boot=0)["auroc"]
         rows.append(row)
         print(row, flush=True)
+    shutil.rmtree(tmp)
     args.out.mkdir(parents=True, exist_ok=True)
     which = ("the adult NIH normals that seed's adult-weighted DAE held out (and the default never trained on)"
              if args.pool != "mix" else "the NIH training-side normals neither model trained on")
