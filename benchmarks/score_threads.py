@@ -33,18 +33,21 @@ DATA = Path(os.environ.get("CXRAD_DATA", ROOT.parent / "shared" / "data"))
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="score only the first N JPEGs")
+    ap.add_argument("--model", default=None, help="a bundle or shipped name (default: the shipped default model)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--note", default="", help="said of the machine in the table's heading (e.g. what else ran)")
     args = ap.parse_args(argv)
 
+    from cxrad.bundles import default_name
     from cxrad.data import load_images
     from cxrad.detectors import load_detector
     from cxrad.serving.streaming import available_cpus
 
     cores = available_cpus()
     files = sorted(str(p) for p in DATA.joinpath("kermany224").rglob("*.jpeg"))[:args.limit]
-    det = load_detector(None, device="cpu")
+    det = load_detector(args.model, device="cpu")
+    model_name = args.model or f"the shipped default, {default_name()}"
     arrays = np.asarray(load_images(files, det.prep, workers=2).images)
     tmp = Path(tempfile.mkdtemp(prefix="cxrad-threads-"))
     folder = tmp / "films"
@@ -60,7 +63,8 @@ def main(argv=None) -> int:
 
     def cxrad_score(inputs, out, extra=()):
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "cxrad", "score", *inputs, "--quiet", "--out", str(out),
+        model = ["--model", args.model] if args.model else []
+        done = subprocess.run([sys.executable, "-m", "cxrad", "score", *inputs, *model, "--quiet", "--out", str(out),
                                "--cache-dir", str(out) + "-cache", *extra], env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(done.stderr[-2000:])
@@ -73,7 +77,7 @@ def main(argv=None) -> int:
             end_to_end[name].append(len(files) / cxrad_score([str(folder)], tmp / f"out-{r}-{i}", extra))
         loads.append(os.getloadavg()[0])
     best = max(statistics.median(v) for v in alone.values())
-    report = {"files": len(files), "cores": cores, "rounds": args.rounds, "load_average_1min": loads,
+    report = {"files": len(files), "model": model_name, "cores": cores, "rounds": args.rounds, "load_average_1min": loads,
               "model_alone": alone, "cxrad_score": end_to_end, "best_model_alone": best, "startup_s": startup,
               "command": "PYTHONPATH=src python benchmarks/score_threads.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -82,7 +86,8 @@ def main(argv=None) -> int:
     lines = ["# `cxrad score` end to end against the model alone, by thread setting", "",
              f"Written by `benchmarks/score_threads.py` on {report['date']} at commit {report['commit']}:", "",
              "```bash", report["command"], "```", "",
-             f"{len(files)} kermany224 JPEGs (224 px), the shipped default model (64 px DAE), {cores} cores; "
+             f"{len(files)} kermany224 JPEGs (224 px), the model {model_name} ({det.kind}, {det.image_size} px), "
+             f"{cores} cores; "
              f"1-minute load average {', '.join(f'{v:.1f}' for v in loads)} at the start and after each round"
              f"{'; ' + args.note if args.note else ''}. Images per second, median of {args.rounds} interleaved "
              "round(s) [all rounds].", "",

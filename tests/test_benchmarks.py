@@ -14,11 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_recipe_runs_end_to_end_at_tiny_scale(tmp_path, shared_data):
-    """Both stages of the GPU recipe (the new default's recipe on the adult-first pool, and DDAD against the
-    normal-only ensemble) run at tiny scale on the CPU and write their tables, bundle and log."""
+    """Every stage of the GPU recipe (the shipped default's fusion recipe, the DAE on the adult-first pool, and
+    DDAD against the normal-only ensemble) runs at tiny scale on the CPU and writes its tables, bundles and log."""
     env = dict(os.environ, SAMPLES="300", IMAGE_SIZE="32", DEVICE="cpu", PY=sys.executable,
                PARAMS="width=8 depth=3 batch_size=16", CXRAD_DATA=str(shared_data), OMP_NUM_THREADS="2",
-               DDAD_SAMPLES="60", DDAD_PROTOCOLS="tb", DDAD_SEEDS="0")
+               DDAD_SAMPLES="60", DDAD_PROTOCOLS="tb", DDAD_SEEDS="0", FUSED_SAMPLES="300 100",
+               FUSED_IMAGE_SIZE="32", FUSED_PARAMS="width=8 depth=3 batch_size=16")
     result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_recipe.sh"), str(tmp_path / "gpu")], env=env,
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -35,6 +36,9 @@ def test_gpu_recipe_runs_end_to_end_at_tiny_scale(tmp_path, shared_data):
     det = load_detector(tmp_path / "gpu" / "run" / "dae32-adult-weighted-gpu" / "seed0" / "bundle")
     assert det.image_size == 32 and det.width == 8 and det.batch_size == 16 and det.training_finished_
     assert "dae32-adult-weighted-gpu" in (tmp_path / "gpu" / "mix_protocols.md").read_text()
+    fused = load_detector(tmp_path / "gpu" / "fused")  # two mix DAEs, thresholds from films neither trained on
+    assert fused.kind == "fusion" and [m.width for m in fused.members_] == [8, 8] and fused.n_val_ == 146
+    assert "| dae32-mix-fused-gpu |" in (tmp_path / "gpu" / "mix_protocols.md").read_text()
     ddad = (tmp_path / "gpu" / "ddad.md").read_text()
     assert "| tb |" in ddad and "| ddad |" in ddad and "| normal-only |" in ddad
     assert "finished in" in (tmp_path / "gpu" / "log.txt").read_text()
@@ -59,11 +63,11 @@ def test_score_threads_benchmark_runs_at_tiny_scale(tmp_path, shared_data):
     """`cxrad score` end to end against the model alone, every way the model can run, on 130 real JPEGs."""
     env = dict(os.environ, CXRAD_DATA=str(shared_data), PYTHONPATH=str(ROOT / "src"))
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "score_threads.py"), "--limit", "130",
-                             "--rounds", "1", "--out", str(tmp_path)], env=env, capture_output=True, text=True,
-                            timeout=900)
+                             "--rounds", "1", "--out", str(tmp_path), "--model", "dae-cxr-64-300k"], env=env,
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = (tmp_path / "score_threads.md").read_text()
-    assert "130 kermany224 JPEGs" in table
+    assert "130 kermany224 JPEGs (224 px), the model dae-cxr-64-300k (dae, 64 px)" in table
     for row in ("| model alone, preloaded arrays, one batch at a time, 1 thread |",
                 "| `cxrad score` end to end, default (one batch per core at once) |",
                 "| `cxrad score` end to end, --threads 1 |", "Start-up of `cxrad score`"):

@@ -41,7 +41,7 @@ def card(name: str, meta: dict, results: dict, command: str, machine: str) -> st
 {DISCLAIMER}
 
 - **Detector**: `{meta['kind']}` ({meta.get('architecture', {}).get('name', meta['kind'])}); settings:
-  {', '.join(f'{k}={v}' for k, v in p.items())}
+  {', '.join(f'{k}={v}' for k, v in p.items())}{members(meta)}
 - **Training data**: {td['n_train']} normal chest X-rays for training and {td['n_val']} held out (by patient) for
   the normal score distribution and the threshold: the kermany224 publisher-train NORMAL images (Kermany et al.
   2018, CC BY 4.0, paediatric) and 60% of the nih_cxr14_talo "No Finding" patients (NIH ChestX-ray14, adult),
@@ -73,6 +73,21 @@ shows.
 """
 
 
+def members(meta: dict) -> str:
+    """A fusion's members: each one's detector, settings and training samples (empty for other kinds)."""
+    state = meta.get("state") or {}
+    if meta["kind"] != "fusion":
+        return ""
+    lines = [f"\n- **Members** (each score standardised by the median and IQR of that member's own held-out normal "
+             f"scores, then the {meta['params']['rule']} taken):"]
+    for i, (m, arch) in enumerate(zip(state["members"], meta["architecture"]["members"])):
+        done, n = m["state"].get("epochs_done"), (m.get("training_data") or {}).get("n_train")
+        seen = f"; {done * n:,} training samples ({done} epochs of {n} films)" if done and n else ""
+        lines.append(f"  - member {i}: `{m['kind']}` ({arch.get('name', m['kind'])}), "
+                     f"{', '.join(f'{k}={v}' for k, v in m['params'].items())}{seen}")
+    return "\n".join(lines)
+
+
 def upgrade(path: Path) -> None:
     """Rewrite a format-1 bundle (weights without a checksum) in the current format, in place. Only for
     bundles whose origin you trust: the checksum is computed from the weights as they are now."""
@@ -90,6 +105,7 @@ def main() -> None:
     ap.add_argument("--command", help="the cxrad train command that made it (required unless --evaluate-only)")
     ap.add_argument("--evaluate-only", action="store_true", help="print the AUROCs; ship nothing")
     ap.add_argument("--machine", default="CPU, 2 cores")
+    ap.add_argument("--note", metavar="FILE", help="Markdown appended to the model card (e.g. how it was chosen)")
     ap.add_argument("--cache-dir", default=".cache/cxrad")
     args = ap.parse_args()
     if args.upgrade:
@@ -113,10 +129,14 @@ def main() -> None:
         shutil.rmtree(dest)
     shutil.copytree(args.bundle, dest, ignore=shutil.ignore_patterns("checkpoint", "errors.*"))
     meta = read_meta(dest)
-    atomic_write_text(dest / "MODEL_CARD.md", card(args.name, meta, results, args.command, args.machine))
+    note = "\n" + Path(args.note).read_text().strip() + "\n" if args.note else ""
+    atomic_write_text(dest / "MODEL_CARD.md", card(args.name, meta, results, args.command, args.machine) + note)
     atomic_write_text(dest / "evaluation.json", json.dumps(results, indent=1))
     if args.default:
-        atomic_write_text(PRETRAINED_DIR / "default.json", json.dumps({"default": args.name}) + "\n")
+        index = PRETRAINED_DIR / "default.json"  # it also names the shipped model of each kind (adapt needs a DAE)
+        names = {**(json.loads(index.read_text()) if index.exists() else {}), "default": args.name,
+                 meta["kind"]: args.name}
+        atomic_write_text(index, json.dumps(names) + "\n")
     from cxrad.bundles.format import document_digest
     print(f"shipped {dest}; pin it in cxrad.bundles.shipped.PINNED (a shipped bundle without a pin is refused):\n"
           f'    "{args.name}": ("{document_digest(meta)}",\n        "{meta["weights"]["sha256"]}"),')

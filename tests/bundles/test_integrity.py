@@ -111,16 +111,21 @@ def test_every_shipped_bundle_is_pinned_and_matches_its_pin():
         assert (document_digest(doc), doc["weights"]["sha256"]) == PINNED[name]
 
 
-def test_an_altered_shipped_bundle_is_refused(tmp_path, monkeypatch):
-    """A shipped bundle is format 2 (no model.json digest of its own): its pin catches an edit."""
+@pytest.mark.parametrize("name", sorted(available()))
+def test_an_altered_shipped_bundle_is_refused(name, tmp_path, monkeypatch):
+    """Every shipped bundle is pinned. A format-2 one (no model.json digest of its own) relies on its pin to catch
+    an edit; a format-3 one refuses an edit by its own digest, and one re-signed after an edit by its pin."""
     import cxrad.bundles.shipped as shipped
     fake = tmp_path / "pretrained"
     shutil.copytree(PRETRAINED_DIR, fake)
     monkeypatch.setattr(shipped, "PRETRAINED_DIR", fake)
-    name = shipped.default_name()
     doc = json.loads((fake / name / "model.json").read_text())
     doc["threshold"] = doc["thresholds"][doc["threshold_rule"]] = 1e308
     (fake / name / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="differs from the released files" if doc["format_version"] == 2 else
+                       "does not match the checksum its weights file records"):
+        load_detector(fake / name, device="cpu")
+    resign(fake / name, doc)  # an edit made with the checksums redone: only the pin can tell
     with pytest.raises(BundleError, match="differs from the released files"):
         load_detector(fake / name, device="cpu")
     shutil.copytree(fake / name, fake / "unpinned")

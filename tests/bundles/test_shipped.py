@@ -83,3 +83,31 @@ def test_shipped_models_score_as_they_did_before_the_layout_change():
         got = det.score_arrays(np.asarray(images.images))
         for key in ("score", "box_residual", "top_residual"):
             np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=0, err_msg=f"{name} {key}")
+
+
+def test_the_default_fuses_the_shipped_dae_with_a_shorter_run_of_its_recipe(sample_manifest):
+    """dae-cxr-64-fused: member 0 is dae-cxr-64-300k itself, member 1 the same recipe at 46 epochs; the score is
+    the mean of both standardised by their own held-out normals, and its threshold comes from films neither saw."""
+    import numpy as np
+
+    from cxrad.data import load_images
+    from cxrad.detectors.thresholds import robust_scale
+    fused, dae = load_detector("dae-cxr-64-fused", device="cpu"), load_detector("dae-cxr-64-300k", device="cpu")
+    assert default_name() == "dae-cxr-64-fused" and default_name("dae") == "dae-cxr-64-300k"
+    assert [m.epochs for m in fused.members_] == [229, 46] and fused.train_hashes_ == dae.train_hashes_
+    assert fused.n_val_ == dae.n_val_ == 146  # the held-out films of both members' one split
+    x = np.asarray(load_images(sample_manifest[sample_manifest["orig_split"] == "test"], fused.prep).images)
+    got = fused.score_arrays(x)
+    np.testing.assert_allclose(fused.members_[0]._run(x, keep=("score",))["score"], dae.score_arrays(x)["score"],
+                               rtol=1e-6)
+    median, scale = robust_scale(dae.normal_scores_)
+    np.testing.assert_allclose(got["dae_0"], (dae.score_arrays(x)["score"] - median) / scale, rtol=1e-6)
+    np.testing.assert_allclose(got["score"], (got["dae_0"] + got["dae_1"]) / 2, rtol=1e-9)
+
+
+def test_commands_that_need_one_dae_start_from_the_shipped_dae():
+    """`cxrad train` trains a DAE by default and `cxrad adapt` adapts the shipped DAE, not the fusion."""
+    from cxrad.detectors.adapted import AdaptedDetector
+    from cxrad.frontends.cli.train import default_kind
+    assert default_kind() == "dae"
+    assert AdaptedDetector()._load_base().weights_sha256_ == read_meta(resolve("dae-cxr-64-300k"))["weights"]["sha256"]

@@ -63,3 +63,8 @@ def test_a_bundle_whose_settings_do_not_fit_its_weights_is_refused(cls, settings
     resign(tmp_path / "m")
     with pytest.raises(BundleError, match="do not fit"):
         load_detector(tmp_path / "m")
+
+
+def test_a_width_the_u_net_cannot_build_is_refused_before_training():
+    with pytest.raises(ValueError, match="width must be a multiple of 8, not 12"):
+        DAEDetector(width=12).fit(np.zeros((20, 64, 64), np.uint8))

@@ -153,3 +153,79 @@ def test_fit_scores_the_held_out_normals_once_per_member(images, monkeypatch):
     _, val = hold_out_normals(images[0].subset(images[0].labels == 0), det.val_fraction, det.seed)
     again = det.score_arrays(np.asarray(val.images))["score"]
     np.testing.assert_allclose(np.sort(again), det.normal_scores_, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ fusion of fitted models
+@pytest.fixture(scope="module")
+def fitted_pair(sample_manifest, cache_dir):
+    """Two DAEs fitted apart on the same normal files with the same seed (so the same held-out films), as the
+    shipped fusion's members were: one trained longer and wider."""
+    from cxrad.detectors import DAEDetector
+    train = sample_manifest[(sample_manifest["orig_split"] == "train") & (sample_manifest["label"] == 0)].head(40)
+    common = dict(image_size=32, depth=3, seed=0, device="cpu", batch_size=16, cache_dir=str(cache_dir))
+    a = DAEDetector(width=8, epochs=1, **common).fit(train)
+    b = DAEDetector(width=16, epochs=2, **common).fit(train)
+    return a, b, train
+
+
+def test_fitted_models_fuse_without_training_calibrated_on_normals_no_member_saw(fitted_pair, images, cache_dir,
+                                                                                 tmp_path):
+    a, b, train = fitted_pair
+    fused = FusionDetector.from_fitted([a, b], train, cache_dir=str(cache_dir))
+    # every training film of a member is left out: what remains is exactly the shared held-out films
+    assert (fused.n_val_, fused.n_calibration_seen_) == (a.n_val_, a.n_train_)
+    assert fused.components == ("dae_0", "dae_1") and fused.train_fingerprint_ == a.train_fingerprint_
+    test = as_imageset(images[1], a.prep)
+    x = np.asarray(test.images)
+    expected = 0
+    for m in (a, b):  # each member's score standardised by the median and IQR of its own held-out normal scores
+        q1, med, q3 = np.percentile(m.normal_scores_, [25, 50, 75])
+        expected = expected + (m.score_arrays(x)["score"] - med) / ((q3 - q1) / 1.349)
+    np.testing.assert_allclose(fused.score_arrays(x)["score"], expected / 2, rtol=1e-6)
+    # the fused normal scores are those of the held-out films, and the threshold sits at 95 % of them
+    _, val = hold_out_normals(as_imageset(train, a.prep, str(cache_dir)), a.val_fraction, a.seed)
+    np.testing.assert_allclose(np.sort(fused.score_arrays(np.asarray(val.images))["score"]), fused.normal_scores_,
+                               rtol=1e-6)
+    assert np.mean(fused.normal_scores_ <= fused.threshold_) == pytest.approx(0.95, abs=0.1)
+    # it saves and loads as any bundle, remembering what each member trained on
+    again = load_detector(fused.save(tmp_path / "f"), device="cpu")
+    np.testing.assert_allclose(again.score_arrays(x)["score"], fused.score_arrays(x)["score"], rtol=1e-6)
+    assert [m.train_fingerprint_ for m in again.members_] == [a.train_fingerprint_] * 2
+    from cxrad.evaluation.evaluate import training_overlap
+    assert training_overlap(again, as_imageset(train, a.prep, str(cache_dir))) == a.n_train_
+
+
+def test_a_fusion_of_fitted_models_refuses_what_it_cannot_calibrate_honestly(fitted_pair, sample_manifest,
+                                                                             cache_dir):
+    from cxrad.data import DataError
+    from cxrad.detectors import DAEDetector
+    a, b, train = fitted_pair
+    _, seen = hold_out_normals(as_imageset(train, a.prep, str(cache_dir)), a.val_fraction, a.seed)
+    trained_on = train[~train["sha256"].isin(set(seen.frame["sha256"]))]
+    with pytest.raises(DataError, match="0 of the .* unseen by every member"):
+        FusionDetector.from_fitted([a, b], trained_on, cache_dir=str(cache_dir))
+    # a member fitted on arrays records no training files, and shares no training set with the other
+    arrays = DAEDetector(image_size=32, width=8, depth=3, epochs=1, seed=1, device="cpu").fit(
+        np.asarray(as_imageset(train, a.prep, str(cache_dir)).images)[:30])
+    with pytest.raises(DataError, match="member 1 .* records neither"):
+        FusionDetector.from_fitted([a, arrays], train, cache_dir=str(cache_dir))
+    padded = DAEDetector(image_size=32, width=8, depth=3, epochs=1, resize="pad", device="cpu").fit(train)
+    with pytest.raises(ValueError, match="differ in resize"):
+        FusionDetector.from_fitted([a, padded], train, cache_dir=str(cache_dir))
+
+
+def test_cli_fuse_writes_a_bundle_that_scores(fitted_pair, tmp_path, capsys, shared_data):
+    a, b, train = fitted_pair
+    data = tmp_path / "normals.csv"
+    train.to_csv(data, index=False)
+    a.save(tmp_path / "a"), b.save(tmp_path / "b")
+    assert main(["fuse", str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(data), "--out",
+                 str(tmp_path / "f"), "--quiet", "--device", "cpu"]) == 0
+    said = capsys.readouterr().out
+    assert f"from {a.n_val_} normal films no member trained on ({a.n_train_} left out" in said
+    image = shared_data / "kermany224" / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
+    assert main(["score", str(image), "--model", str(tmp_path / "f"), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert {"dae_0", "dae_1", "score"} <= set(row) and np.isfinite(row["score"])
+    assert main(["fuse", str(tmp_path / "a"), "--data", str(data), "--out", str(tmp_path / "g")]) == 1
+    assert "at least two models" in capsys.readouterr().err

@@ -17,6 +17,8 @@ PINNED = {
                    "8c023c8d4778c494f2c327237b300e7eb27e6a7e82ff9fac45cf326f7787dfc0"),
     "dae-cxr-64-300k": ("e8b6eafcb36694a95131fd62b5f6976e1f894e71274cff919200cf3146855e66",
                         "6fca77961bc7da28e3f92d1a877de3cc359650456e9a11d3cd1bd9ad0f599b99"),
+    "dae-cxr-64-fused": ("bc32f8cda8a5bbc7b7ab4f70a595419f00131a3baa65fbc682454743c1eb8ba4",
+                         "a83bed2201bb946d7dd65f351ca60a80027a04190d3b0b10a303658ca6eebd8b"),
 }
 
 
@@ -40,10 +42,14 @@ def check_pinned(folder, doc: dict) -> None:
                           if pin is None else "differs from the released files (altered); reinstall cxrad"))
 
 
-def default_name() -> str | None:
+def default_name(kind: str | None = None) -> str | None:
+    """The shipped default model's name. With ``kind``, the shipped model of that kind that commands needing one
+    start from (``cxrad adapt`` needs a DAE): the default itself, or the one ``default.json`` names for the kind
+    (the default fusion's networks come from the DAE it names)."""
     index = PRETRAINED_DIR / "default.json"
     if index.exists():
-        return json.loads(index.read_text())["default"]
+        names = json.loads(index.read_text())
+        return names["default"] if kind is None else names.get(kind, names["default"])
     names = list(available())
     return names[0] if names else None
 

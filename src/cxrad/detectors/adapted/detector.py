@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from cxrad.bundles import default_name
 from cxrad.detectors.adapted.graph import SCORES, AdaptedGraph
 from cxrad.detectors.base import TrainedDetector
 from cxrad.detectors.dae.detector import DAEDetector
@@ -21,7 +22,7 @@ class AdaptedDetector(TrainedDetector):
     Parameters
     ----------
     base : str
-        The DAE to adapt: a bundle folder or a shipped model name (None: the shipped default).
+        The DAE to adapt: a bundle folder or a shipped model name (None: the shipped default's DAE).
     score_from : str
         'discrepancy' (the two reconstructions' median-filtered difference), 'site_residual' (the adapted DAE's
         own residual) or 'base_residual' (the base DAE's, as shipped).
@@ -32,7 +33,7 @@ class AdaptedDetector(TrainedDetector):
     kind: ClassVar[str] = "adapted"
     components: ClassVar[tuple[str, ...]] = SCORES
     supports_warm_start: ClassVar[bool] = False
-    tiny: ClassVar[dict] = {"image_size": 64, "epochs": 1}  # adapts the shipped default, which takes 64 px
+    tiny: ClassVar[dict] = {"image_size": 64, "epochs": 1}  # adapts the shipped DAE, which takes 64 px
     choices: ClassVar[dict] = {**TrainedDetector.choices, "score_from": SCORES}
     bounds: ClassVar[dict] = {**TrainedDetector.bounds, "trim": (0.0, 0.9)}
     fitted_modules: ClassVar[dict] = {"base_": "base.", "site_": "site."}
@@ -45,7 +46,7 @@ class AdaptedDetector(TrainedDetector):
     trim: float = 0.0
 
     def _load_base(self) -> DAEDetector:
-        det = DAEDetector.load(self.base, device=self.device)  # None: the shipped default
+        det = DAEDetector.load(self.base or default_name("dae"), device=self.device)  # None: the shipped DAE
         if det.prep != self.prep:
             raise UserError(f"the base model takes {det.image_size} px ({det.resize}); set image_size and resize "
                             "to match it")

@@ -62,6 +62,12 @@ class DAEDetector(TrainedDetector):
     augment: bool = True
     trim: float = 0.0
 
+    def check_settings(self):
+        super().check_settings()
+        if self.width % 8:  # the U-Net's GroupNorm splits every layer's channels into 8 groups
+            raise ValueError(f"setting width must be a multiple of 8, not {self.width}")
+        return self
+
     def learned_params(self) -> dict:
         params = super().learned_params()
         if not self.trim:  # bundles and run keys of plain DAEs stay as they were

@@ -18,10 +18,10 @@ import warnings
 
 from cxrad.errors import CxradError, CxradWarning
 from cxrad.version import __version__
-from cxrad.frontends.cli import adapt, app, demo, detectors, evaluate, export, report, score, serve, train
+from cxrad.frontends.cli import adapt, app, demo, detectors, evaluate, export, fuse, report, score, serve, train
 from cxrad.frontends.cli.common import EXIT_BROKEN_PIPE, EXIT_FATAL, is_main_process, load_config
 
-COMMANDS = (train, adapt, score, evaluate, report, export, serve, app, demo, detectors)
+COMMANDS = (train, adapt, fuse, score, evaluate, report, export, serve, app, demo, detectors)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

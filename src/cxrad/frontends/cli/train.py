@@ -25,7 +25,7 @@ def add_parser(sub, argv: list[str]) -> None:
                        epilog=_settings_epilog(argv))
     add_common(p)
     p.add_argument("--detector", default=None, help="which detector (default: the kind of the shipped default "
-                   "model, dae; or the --init model's); `cxrad detectors` lists them with their settings")
+                   "model's networks, dae; or the --init model's); `cxrad detectors` lists them with their settings")
     p.add_argument("--out", default="runs/model", help="folder for the model bundle (default runs/model)")
     p.add_argument("--init", metavar="MODEL", help="fine-tune: start from this bundle's weights (a folder or a "
                    "shipped model name) and train on --data")
@@ -182,9 +182,10 @@ def unlabelled_images(data: str, det, out: Path):
 
 
 def default_kind() -> str:
-    """The detector kind of the shipped default model (what `cxrad score` uses), or the seed CAE if none ships."""
+    """The kind of the shipped default model's networks (the DAE that the default fusion is made of), or the seed
+    CAE if none ships."""
     from cxrad.bundles import default_name, read_meta, resolve
-    name = default_name()
+    name = default_name("dae")
     return read_meta(resolve(name))["kind"] if name else "cae"
 
 
