@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="the node's batching wait (5 ms)")
     ap.add_argument("--max-seconds", type=float, default=600, help="give up after this long (600)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--note", default="shared with other jobs (model trainings and other test runs)",
+                    help="said of the machine in the table's heading (e.g. 'nothing else running')")
     args = ap.parse_args(argv)
     total_dicom, total_http = args.associations * args.dicom_films, args.http_clients * args.http_films
     if total_dicom + total_http > 2000 or args.max_seconds > 1800:
@@ -92,6 +94,7 @@ def main(argv=None) -> int:
     import httpx
     from pynetdicom import AE
 
+    from cxrad.bundles import default_name
     from cxrad.detectors import load_detector
     from dicom_films import Receiver, film_dataset
 
@@ -231,6 +234,7 @@ def main(argv=None) -> int:
         "command": "PYTHONPATH=src python benchmarks/service_load.py " + " ".join(sys.argv[1:] if argv is None
                                                                                  else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "note": args.note, "model": default_name(),
         "commit": subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                                  text=True).stdout.strip(),
         "cores": len(os.sched_getaffinity(0)), "load_before": load_before, "load_after": load_after,
@@ -267,9 +271,9 @@ def render(r: dict) -> str:
         r["command"],
         "```",
         "",
-        f"Loopback only. `cxrad serve` (shipped default model, SQLite, reports to a destination SCP in the "
-        f"benchmark's process) on {r['cores']} cores **shared with other jobs** (model trainings and other test "
-        f"runs): load average {r['load_before']} before and {r['load_after']} after. {r['associations']} DICOM "
+        f"Loopback only. `cxrad serve` (the shipped default model `{r['model']}`, SQLite, reports to a destination "
+        f"SCP in the benchmark's process) on {r['cores']} cores, {r['note']}: load average {r['load_before']} "
+        f"before and {r['load_after']} after. {r['associations']} DICOM "
         f"associations (C-STORE of distinct 224 px CR films) and {r['http_clients']} HTTP clients (POST "
         "/v1/images of distinct JPEGs) sending at the same time.",
         "",
