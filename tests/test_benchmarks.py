@@ -2,6 +2,7 @@
 as they are the moment a GPU is lent."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -72,3 +73,20 @@ def test_score_threads_benchmark_runs_at_tiny_scale(tmp_path, shared_data):
                 "| `cxrad score` end to end, default (one batch per core at once) |",
                 "| `cxrad score` end to end, --threads 1 |", "Start-up of `cxrad score`"):
         assert row in table
+
+
+@pytest.mark.slow
+def test_node_floor_benchmark_runs_at_tiny_scale(tmp_path, shared_data):
+    """pynetdicom's own CPU per film in and per report out, against the model's, on 10 real films."""
+    pytest.importorskip("pynetdicom")
+    env = dict(os.environ, CXRAD_DATA=str(shared_data), PYTHONPATH=str(ROOT / "src"))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "node_floor.py"), "--films", "10",
+                             "--models", "dae-cxr-64-300k", "--out", str(tmp_path)], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "node_floor.json").read_text())
+    assert report["films"] == 10 and report["film_in_scp_cpu_ms"] > 0 and report["report_out_scu_cpu_ms"] > 0
+    (row,) = report["models"]
+    assert row["bound"] == pytest.approx(row["model_cpu_ms"] / (row["model_cpu_ms"] + report["film_in_scp_cpu_ms"]
+                                                                 + report["report_out_scu_cpu_ms"]))
+    assert "| `dae-cxr-64-300k` |" in (tmp_path / "node_floor.md").read_text()
