@@ -77,7 +77,8 @@ def main(argv=None) -> int:
             end_to_end[name].append(len(files) / cxrad_score([str(folder)], tmp / f"out-{r}-{i}", extra))
         loads.append(os.getloadavg()[0])
     best = max(statistics.median(v) for v in alone.values())
-    report = {"files": len(files), "model": model_name, "cores": cores, "rounds": args.rounds, "load_average_1min": loads,
+    report = {"files": len(files), "model": model_name, "cores": cores, "rounds": args.rounds,
+              "load_average_1min": loads,
               "model_alone": alone, "cxrad_score": end_to_end, "best_model_alone": best, "startup_s": startup,
               "command": "PYTHONPATH=src python benchmarks/score_threads.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

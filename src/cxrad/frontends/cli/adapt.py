@@ -16,7 +16,8 @@ def add_parser(sub, argv=None) -> None:
                        "with labelled films for verdicts you can rely on. Checkpoints go to OUT/checkpoint: a "
                        "killed run continues when the same command is run again.")
     add_common(p, data=False)
-    p.add_argument("model", nargs="?", default=None, help="the DAE to adapt (default: the DAE the shipped default model is made from, dae-cxr-64-300k)")
+    p.add_argument("model", nargs="?", default=None, help="the DAE to adapt (default: the DAE the shipped default "
+                   "model is made from, dae-cxr-64-300k)")
     p.add_argument("--unlabelled", required=True, metavar="DATA", help="the site's films: a folder of images (PNG, "
                    "JPEG, TIFF, BMP, DICOM) or any dataset (labels are ignored)")
     p.add_argument("--out", required=True, help="folder for the adapted model bundle")
@@ -39,7 +40,8 @@ def run(args) -> int:
     out = Path(args.out)
     settings = {k: v for k, v in {"epochs": args.epochs, "score_from": args.score, "trim": args.trim,
                                   "max_minutes": args.max_minutes}.items() if v is not None}
-    base = DAEDetector.load(args.model or default_name("dae"), device=args.device)  # a wrong model fails here, before any film is read
+    # a wrong model fails here, before any film is read
+    base = DAEDetector.load(args.model or default_name("dae"), device=args.device)
     det = AdaptedDetector(base=args.model, image_size=base.image_size, resize=base.resize, device=args.device,
                           progress=not args.quiet, cache_dir=cache_dir(args), checkpoint_dir=str(out / "checkpoint"),
                           **settings).check_settings()

@@ -33,8 +33,8 @@ STORED = {0x0000, 0xB000, 0xB006, 0xB007}  # success, and the warnings under whi
 
 def no_delay(event) -> None:
     """An association's handler (EVT_CONN_OPEN) that sends each PDU at once. pynetdicom leaves Nagle's algorithm
-    on, so a C-STORE's last segment waited for the peer's delayed ACK (about 40 ms on Linux): 55 ms a store on
-    loopback instead of 10, and CPU spent polling meanwhile (benchmarks/node_floor.py)."""
+    on, so a C-STORE's last segment waited for the peer's delayed ACK (about 40 ms on Linux): 58 ms a report on
+    loopback instead of 14, with pynetdicom's threads polling meanwhile (benchmarks/node_floor.py)."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
