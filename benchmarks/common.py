@@ -3,12 +3,27 @@ and the model alone on preloaded arrays, measured every way it can run."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+
+def git_commit(root: Path) -> str:
+    """``git describe --always --dirty`` of the checkout a benchmark ran from (empty outside git)."""
+    return subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def write_report(out: Path, stem: str, report: dict, lines: list[str]) -> None:
+    """OUT/stem.json (the figures) and OUT/stem.md (the table), and the table on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def read_rows(log: Path) -> list[dict]:

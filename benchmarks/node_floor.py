@@ -15,11 +15,9 @@ node would reach if spooling, decoding, the database, heatmaps and HTTP cost not
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CXRAD_DATA", ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(ROOT / "tests"))  # the films of the node's tests
-from common import time_model_alone  # noqa: E402  (benchmarks/common.py)
+from common import git_commit, time_model_alone, write_report  # noqa: E402  (benchmarks/common.py)
 
 
 def cpu_s() -> float:
@@ -103,6 +101,7 @@ def main(argv=None) -> int:
     from pydicom.filebase import DicomBytesIO
 
     from cxrad.bundles import default_name
+    from cxrad.data import load_images
     from cxrad.detectors import load_detector
     from pynetdicom import evt
 
@@ -125,7 +124,6 @@ def main(argv=None) -> int:
     rows = []
     for model in args.models:
         det = load_detector(model, device="cpu")
-        from cxrad.data import load_images
         arrays = np.asarray(load_images(jpegs, det.prep, workers=2).images)
         model_ms = time_model_alone(det, arrays, 1)["one batch at a time, 1 thread"]["cpu_ms"]
         name = model or f"{default_name()} (default)"
@@ -136,8 +134,7 @@ def main(argv=None) -> int:
               "film_store_wall_ms": film_wall, "report_store_wall_ms": report_wall, "models": rows,
               "command": "PYTHONPATH=src python benchmarks/node_floor.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average_1min": os.getloadavg()[0],
-              "commit": subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                                       capture_output=True, text=True).stdout.strip()}
+              "commit": git_commit(ROOT)}
     lines = ["# The node's floor: pynetdicom's own CPU per film against the model's", "",
              f"Written by `benchmarks/node_floor.py` on {report['date']} at commit {report['commit']} "
              f"(1-minute load average {report['load_average_1min']:.1f} at the end):", "",
@@ -155,11 +152,7 @@ def main(argv=None) -> int:
     lines += ["", "The most the node can reach against the model alone, if everything else it does cost nothing: "
               "model / (model + film in + report out).", "", "| model | bound |", "|---|---|"]
     lines += [f"| `{r['model']}` | {r['bound']:.2f}x |" for r in rows]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "node_floor.json").write_text(json.dumps(report, indent=1))
-    (out / "node_floor.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(Path(args.out), "node_floor", report, lines)
     return 0
 
 

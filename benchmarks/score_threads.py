@@ -13,7 +13,6 @@ setting alike; the load average is recorded. Writes OUT/score_threads.md and .js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import model_alone_ways, time_model_alone
+from common import git_commit, model_alone_ways, time_model_alone, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CXRAD_DATA", ROOT.parent / "shared" / "data"))
@@ -82,8 +81,7 @@ def main(argv=None) -> int:
               "model_alone": alone, "cxrad_score": end_to_end, "best_model_alone": best, "startup_s": startup,
               "command": "PYTHONPATH=src python benchmarks/score_threads.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "commit": subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                                       text=True).stdout.strip()}
+              "commit": git_commit(ROOT)}
     lines = ["# `cxrad score` end to end against the model alone, by thread setting", "",
              f"Written by `benchmarks/score_threads.py` on {report['date']} at commit {report['commit']}:", "",
              "```bash", report["command"], "```", "",
@@ -102,11 +100,7 @@ def main(argv=None) -> int:
     lines += ["", f"Start-up of `cxrad score` (a fresh process scoring one file: imports, model load): "
               f"{statistics.median(startup):.1f} s [{', '.join(f'{x:.1f}' for x in startup)}]; it is part of every "
               "end-to-end figure above."]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "score_threads.json").write_text(json.dumps(report, indent=1))
-    (out / "score_threads.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(Path(args.out), "score_threads", report, lines)
     return 0
 
 

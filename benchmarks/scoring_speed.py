@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import score_per_core
+from common import git_commit, score_per_core
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -370,8 +370,7 @@ def main(argv=None) -> int:
     start = machine()
     det = load_detector(None, device="cpu")
     kermany = sorted(str(p) for p in (DATA / "kermany224" / "test").rglob("*.jpeg"))
-    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = git_commit(ROOT) or "unknown"
     report: dict = {"machine": start, "model": default_name(), "argv": sys.argv[1:], "workers": args.workers,
                     "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="cxrad-bench-") as tmp:

@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CXRAD_DATA", ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(ROOT / "tests"))  # the films and the destination SCP of the node's tests
-from common import time_model_alone  # noqa: E402  (benchmarks/common.py)
+from common import git_commit, time_model_alone  # noqa: E402  (benchmarks/common.py)
 
 
 def percentile(values, q):
@@ -235,8 +235,7 @@ def main(argv=None) -> int:
                                                                                  else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "note": args.note, "model": default_name(),
-        "commit": subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": git_commit(ROOT),
         "cores": len(os.sched_getaffinity(0)), "load_before": load_before, "load_after": load_after,
         "associations": args.associations, "http_clients": args.http_clients,
         "films_sent": len(sent), "acknowledged": len(acked), "refused": len(refused), "recorded": len(rows),

@@ -194,11 +194,16 @@ class Detector(ParamsMixin):
         # the held-out normals are measured once: the calibration and the thresholds both come from that pass
         raw = self._run(np.asarray(val.images), raw=True)
         self.calibrate_outputs(raw)
-        val_scores = finite_scores(combine_arrays(self.scoring_graph(), raw)["score"], "normal validation")
-        self.normal_scores_ = np.sort(val_scores)
-        self.thresholds_ = {"quantile": th.quantile_threshold(val_scores, self.specificity)}
-        self.threshold_rule_ = "quantile"
+        self.learn_normal_scores(raw, "normal validation")
         return self
+
+    def learn_normal_scores(self, raw: dict, what: str) -> None:
+        """From the raw outputs on held-out normal images: the normal scores (every percentile is taken among
+        them) and the label-free quantile threshold at ``specificity``, made the active one."""
+        scores = finite_scores(combine_arrays(self.scoring_graph(), raw)["score"], what)
+        self.normal_scores_ = np.sort(scores)
+        self.thresholds_ = {"quantile": th.quantile_threshold(scores, self.specificity)}
+        self.threshold_rule_ = "quantile"
 
     # ------------------------------------------------------------------------------------- operating point
     @property

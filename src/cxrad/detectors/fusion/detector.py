@@ -142,11 +142,7 @@ class FusionDetector(Detector):
         if len(unseen) < 2:
             raise DataError(f"only {len(unseen)} of the {len(normal)} calibration normals are unseen by every "
                             "member; need at least 2 normal films that no member trained on")
-        raw = fusion._run(np.asarray(unseen.images), raw=True)
-        scores = finite_scores(combine_arrays(fusion.scoring_graph(), raw)["score"], "calibration normal")
-        fusion.normal_scores_ = np.sort(scores)
-        fusion.thresholds_ = {"quantile": th.quantile_threshold(scores, specificity)}
-        fusion.threshold_rule_ = "quantile"
+        fusion.learn_normal_scores(fusion._run(np.asarray(unseen.images), raw=True), "calibration normal")
         fusion.history_ = {}
         prints = sorted({m.train_fingerprint_ for m in members})
         fusion.train_fingerprint_ = prints[0] if len(prints) == 1 else \
