@@ -20,6 +20,7 @@ import pandas as pd
 from cxrad.data import load_images
 from cxrad.data.protocols import load_protocol, pooled_protocol, views
 from cxrad.detectors import load_detector
+from cxrad.detectors.base import Detector
 from cxrad.evaluation.metrics import evaluate
 from cxrad.training.checkpoints import read_state
 
@@ -61,6 +62,11 @@ def main() -> None:
     rows = []
     for run in map(Path, args.run):
         det = load_detector(run / "bundle", "cpu")
+        if any(getattr(type(det), hook) is not getattr(Detector, hook)
+               for hook in ("fit_after_training", "calibrate_outputs")):
+            # its score also depends on what fit learnt after training: learning_curves.py refits that per snapshot
+            raise SystemExit(f"{run}: the {det.kind} detector's snapshots need their post-training fit; "
+                             "score them with learning_curves.py")
         images = load_images(frame, det.prep, cache_dir=args.cache_dir)
         for snap in sorted((run / "checkpoint" / "snapshots").glob("samples-*.safetensors")):
             tensors, meta = read_state(snap)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import yaml
 
-from cxrad.data import load_images
+from cxrad.data import hold_out_normals, load_images
 from cxrad.evaluation.metrics import evaluate
 from cxrad.detectors import detector_class
 from cxrad.data.protocols import PROTOCOLS, load_protocol, training_pool, views
@@ -66,17 +66,19 @@ def train_seed(args, params: dict, seed: int, cache: str):
           flush=True)
     if det.training_finished_:
         det.save(run_dir / "bundle")
-    return det, run_dir
+    return det, run_dir, images
 
 
-def evaluate_snapshots(args, det, run_dir: Path, seed: int, cache: str, out: Path) -> None:
+def evaluate_snapshots(args, det, run_dir: Path, seed: int, cache: str, out: Path, pool) -> None:
+    """Score every snapshot of a run; each is given its own post-training fit (feature Gaussian, calibration,
+    normal scores) from the same training and held-out normals as ``fit`` used."""
+    train, val = hold_out_normals(pool.subset(pool.labels == 0), det.val_fraction, det.seed)
     tests = {p: load_images(load_protocol(p).test, det.prep, cache_dir=cache) for p in PROTOCOLS}
     seen = done_keys(out)
     for snap in sorted((run_dir / "checkpoint" / "snapshots").glob("samples-*.safetensors")):
-        tensors, meta = read_state(snap)
-        if (args.tag, seed, meta["samples"]) in seen:
+        if (args.tag, seed, read_state(snap)[1]["samples"]) in seen:
             continue
-        det.restore({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, {})
+        meta = det.use_snapshot(snap, np.asarray(train.images), np.asarray(val.images))
         row = {"tag": args.tag, "detector": args.detector, "seed": seed, "samples": meta["samples"],
                "epoch": meta["epoch"] + 1, "val_loss": (meta["history"].get("val_loss") or [None])[-1],
                "machine": machine(), "pool": args.pool,
@@ -205,9 +207,9 @@ def main() -> None:
         params["image_size"] = args.image_size
     args.params_json = json.dumps(params)
     for seed in args.seeds:
-        det, run_dir = train_seed(args, params, seed, args.cache_dir)
+        det, run_dir, pool = train_seed(args, params, seed, args.cache_dir)
         if not args.train_only:
-            evaluate_snapshots(args, det, run_dir, seed, args.cache_dir, out)
+            evaluate_snapshots(args, det, run_dir, seed, args.cache_dir, out, pool)
         if not det.training_finished_:
             sys.exit(75)  # stopped by the time box: resumable, nothing more to do now
     if not args.train_only:

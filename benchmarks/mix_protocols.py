@@ -15,6 +15,12 @@ and IQR of its own model's held-out normal scores, then averaged.
     python benchmarks/mix_protocols.py --detector patchcore --tag patchcore-dae64 --seeds 0 1 2 \\
         --param 'backbone=runs/learning_curves/dae64/seed{seed}/bundle'
 
+``--component NAME`` ranks by one output of the model instead of its score, e.g. the AnatPaste-style segmenter's
+segmentation (``top_map``) or feature Gaussian (``feature_distance``) alone:
+
+    python benchmarks/mix_protocols.py --bundle 'runs/pools/anatpaste128-adult-weighted/seed{seed}/bundle' \
+        --component top_map --tag 'anatpaste128-adult-weighted: segmentation only'
+
 ``{seed}`` in a --param value is replaced by the seed (e.g. one DAE backbone per seed). Each finished run is a
 line of OUT/mix_protocols.jsonl (skipped when run again); OUT/mix_protocols.md is the table.
 """
@@ -62,15 +68,16 @@ def write_table(out: Path) -> str:
     return text
 
 
-def fused_scores(members, frame, cache_dir):
-    """The scores of the test ``frame`` (and its ImageSet) by one model, or by the mean of several models' scores
-    each standardised on its own held-out normals (as the ``fusion`` detector does)."""
+def fused_scores(members, frame, cache_dir, component="score"):
+    """The scores of the test ``frame`` (and its ImageSet) by one model (its ``component``: the score or one of
+    its parts), or by the mean of several models' scores each standardised on its own held-out normals (as the
+    ``fusion`` detector does)."""
     total, test, paths = 0.0, None, None
     for m in members:
         test = load_images(frame, m.prep, cache_dir=cache_dir)
         assert paths is None or list(test.frame["path"]) == paths, "members read different images"
         paths = list(test.frame["path"])
-        score = m.score_arrays(np.asarray(test.images))["score"]
+        score = m.score_arrays(np.asarray(test.images))[component]
         if len(members) == 1:
             return score, test
         median, scale = robust_scale(m.normal_scores_)
@@ -85,6 +92,8 @@ def main() -> None:
     ap.add_argument("--save", default=None, help="keep each fitted model as a bundle here ({seed} is replaced)")
     ap.add_argument("--fuse", nargs="+", default=[], metavar="BUNDLE", help="score the fusion of the model with "
                     "these bundles ({seed} is replaced)")
+    ap.add_argument("--component", default="score", help="rank by this output of the model instead of its score "
+                    "(e.g. the opacity segmenter's top_map or feature_distance); not with --fuse")
     ap.add_argument("--pool", default="mix", help="training pool: mix, adult or adult-weighted")
     ap.add_argument("--tag", required=True)
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
@@ -98,6 +107,8 @@ def main() -> None:
     done = {(r["tag"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
     if (args.detector is None) == (args.bundle is None):
         ap.error("give --detector KIND (to fit) or --bundle PATH (to score), not both")
+    if args.component != "score" and args.fuse:
+        ap.error("--component scores one model's output: not with --fuse")
     pool = training_pool(args.pool)
     for seed in args.seeds:
         if (args.tag, seed) in done:
@@ -112,6 +123,8 @@ def main() -> None:
             det.fit(load_images(pool, det.prep, cache_dir=args.cache_dir))
             if args.save:
                 det.save(args.save.replace("{seed}", str(seed)))
+        if args.component not in ("score", *det.components):
+            ap.error(f"the {det.kind} model has no output {args.component!r} (it has {', '.join(det.components)})")
         members = [det] + [load_detector(b.replace("{seed}", str(seed)), device=args.device) for b in args.fuse]
         row = {"tag": args.tag, "detector": det.kind, "seed": seed, "params": params, "fit_s": time.time() - t0,
                "pool": None if args.bundle else args.pool, "bundle": args.bundle, "fuse": args.fuse,
@@ -120,9 +133,10 @@ def main() -> None:
                    ([f"--bundle {args.bundle}"] if args.bundle else [f"--detector {args.detector}",
                                                                       f"--pool {args.pool}"])
                    + [f"--tag '{args.tag}'"] + [f"--param '{p}'" for p in args.param]
+                   + ([f"--component {args.component}"] if args.component != "score" else [])
                    + ([f"--fuse {' '.join(args.fuse)}"] if args.fuse else []))}
         for p in PROTOCOLS:
-            scores, test = fused_scores(members, load_protocol(p).test, args.cache_dir)
+            scores, test = fused_scores(members, load_protocol(p).test, args.cache_dir, args.component)
             row[p] = evaluate(test.labels, scores, n_boot=0)["auroc"]
             for view, mask in views(test.frame).items():
                 row[f"{p}_{view}"] = evaluate(test.labels[mask], scores[mask], n_boot=0)["auroc"]

@@ -36,7 +36,7 @@ from cxrad.detectors.registry import REGISTRY
 from cxrad.detectors.results import score_table
 from cxrad.errors import BundleError, NotFittedError
 from cxrad.imaging import Preprocessing
-from cxrad.training import TrainConfig, load_module, resolve_device, run_identity, run_key, wrap_ddp
+from cxrad.training import TrainConfig, load_module, read_state, resolve_device, run_identity, run_key, wrap_ddp
 
 #: settings that change how a run executes, not what it learns: left out of bundles and run keys
 RUNTIME_PARAMS = frozenset({"device", "progress", "checkpoint_dir", "cache_dir", "max_minutes",
@@ -205,6 +205,21 @@ class Detector(ParamsMixin):
         self.thresholds_ = {"quantile": th.quantile_threshold(scores, self.specificity)}
         self.threshold_rule_ = "quantile"
 
+    def use_weights(self, weights: dict[str, torch.Tensor], train: np.ndarray, val: np.ndarray) -> "Detector":
+        """Swap in other weights for the fitted networks (a training snapshot) and learn again what ``fit``
+        learns after training, from the same training images and held-out normals (uint8 arrays at the
+        model's size): a feature Gaussian, the outputs' calibration, the normal scores and threshold. Without
+        that, a snapshot would be scored with the last epoch's calibration."""
+        self._check_fitted()
+        if self.fitted_arrays and type(self).fit_after_training is Detector.fit_after_training:
+            raise NotImplementedError(f"the {self.kind} detector does not relearn its fitted arrays for other weights")
+        self.restore(weights, self.state())
+        self.fit_after_training(np.asarray(train))
+        raw = self._run(np.asarray(val), raw=True)
+        self.calibrate_outputs(raw)
+        self.learn_normal_scores(raw, "normal validation")
+        return self
+
     # ------------------------------------------------------------------------------------- operating point
     @property
     def threshold_(self) -> float:
@@ -368,6 +383,10 @@ class Detector(ParamsMixin):
         """The fitted model's scoring as one torch module (see ``cxrad.detectors.graph``)."""
         raise NotImplementedError
 
+    def fit_after_training(self, train: np.ndarray) -> None:
+        """Learn what the score needs from the training images once the networks are trained (most detectors:
+        nothing); ``fit_arrays`` calls it last, and ``use_weights`` again for other weights."""
+
     def calibrate_outputs(self, raw: dict[str, np.ndarray]) -> None:
         """Learn from the held-out normals' raw outputs how ``combine`` makes the score (most detectors: nothing)."""
 
@@ -481,6 +500,17 @@ class TrainedDetector(Detector):
         fitted = getattr(self, "model_", None) if self.warm_start and hasattr(self, "thresholds_") else None
         model = (fitted if fitted is not None else network()).to(device)
         return model, wrap_ddp(model, device), device
+
+    def use_snapshot(self, path, train: np.ndarray, val: np.ndarray) -> dict:
+        """Score with the weights of one of this run's snapshots (``checkpoint_dir/snapshots``), refitted after
+        training as ``use_weights`` says; returns the snapshot's meta (epoch, samples, history)."""
+        if set(self.fitted_modules) != {"model_"}:
+            raise NotImplementedError(f"the {self.kind} detector's snapshots hold more than one network")
+        tensors, meta = read_state(path)
+        prefix = self.fitted_modules["model_"]
+        self.use_weights({prefix + k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+                         train, val)
+        return meta
 
     def record(self, result) -> None:
         """Keep the loop's history, whether a time box stopped it before the last epoch, and which epoch's

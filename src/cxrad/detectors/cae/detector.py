@@ -68,6 +68,9 @@ class CAEDetector(TrainedDetector):
                             val=val, val_loss=lambda x, gen: loss(model, *grey_to_channels(x)))
         self.model_ = model.eval()
         self.record(result)
+        self.fit_after_training(train)
+
+    def fit_after_training(self, train: np.ndarray) -> None:
         self._fit_kde(self._encode(train))
 
     def _fit_kde(self, latents: np.ndarray) -> None:

@@ -145,6 +145,9 @@ class OpacityDetector(TrainedDetector):
                             prepare=normalise_array, weights=sample_weight)
         self.model_ = model.eval()
         self.record(result)
+        self.fit_after_training(train)
+
+    def fit_after_training(self, train: np.ndarray) -> None:
         if self.score_from != "top_map":
             from sklearn.covariance import LedoitWolf  # here: scoring needs no scikit-learn
             # (every training image once: sampling weights shape what the segmenter sees, not this Gaussian)
