@@ -66,7 +66,9 @@ def test_shipped_model_beats_chance_on_the_bundled_kermany_samples(name, sample_
 
 def test_shipped_models_score_as_they_did_before_the_layout_change():
     """Scores of the bundled sample test images recorded with cxrad e4b599e (the code before each detector owned
-    its scoring graph): the shipped bundles, unchanged, score the same within 1e-6."""
+    its scoring graph): the shipped bundles, unchanged, score the same within 1e-5 (relative). Float32 sums are
+    reduced in an order that depends on torch's threads and the machine's load: a fresh CI machine measured a
+    relative 1.06e-6; any change to a scoring graph moves scores by orders of magnitude more."""
     from pathlib import Path
 
     import numpy as np
@@ -82,7 +84,7 @@ def test_shipped_models_score_as_they_did_before_the_layout_change():
         assert [p.split("samples/")[-1] for p in images.frame["path"]] == expected["files"]
         got = det.score_arrays(np.asarray(images.images))
         for key in ("score", "box_residual", "top_residual"):
-            np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=0, err_msg=f"{name} {key}")
+            np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=0, err_msg=f"{name} {key}")
 
 
 def test_the_default_fuses_the_shipped_dae_with_a_shorter_run_of_its_recipe(sample_manifest):
